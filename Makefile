@@ -1,0 +1,18 @@
+# The two set-up commands of README.md: `make serve` and `make test`.
+VENV  := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-venv.sh
+	scripts/setup-venv.sh
+	touch $@
+
+# Gateway + engine on the embedded tiny model; `make serve ARGS="--model /path --port 8080"`.
+serve: $(STAMP)
+	$(VENV)/bin/alm serve $(ARGS)
+
+test: $(STAMP)
+	@if [ -x scripts/install-test-tools.sh ]; then scripts/install-test-tools.sh; fi
+	$(VENV)/bin/pytest $(PYTEST_ARGS)

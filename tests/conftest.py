@@ -1,0 +1,21 @@
+"""Session-wide fixtures: one tiny checkpoint and one real vLLM engine per test session."""
+
+from pathlib import Path
+
+import pytest
+
+from model_plugins.midashenglm.tiny import make_tiny_checkpoint
+from tests.engine import EngineProcess, start_engine
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-midashenglm"))
+
+
+@pytest.fixture(scope="session")
+def engine_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineProcess:
+    """A running vLLM OpenAI server on the tiny checkpoint: `.url`, `.model`, `.proc`, `.log()`."""
+    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine") / "engine.log")
+    yield engine
+    engine.stop()

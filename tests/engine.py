@@ -1,0 +1,75 @@
+"""Start and stop a real vLLM OpenAI server (with our plugin) for tests."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SERVED_MODEL = "tiny-midashenglm"
+ENGINE_START_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def engine_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+@dataclass
+class EngineProcess:
+    url: str
+    model: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_engine(
+    checkpoint: Path, log_path: Path, *, extra_args: tuple[str, ...] = (), served_model: str = SERVED_MODEL
+) -> EngineProcess:
+    """`vllm serve` equivalent (the `vllm` console script does not start under vllm-cpu)."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(checkpoint), "--served-model-name", served_model,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
+        *extra_args,
+    ]  # fmt: skip
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=engine_env())
+    engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path)
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"engine exited with {proc.returncode}:\n{engine.log()[-4000:]}")
+        try:
+            if httpx.get(f"{engine.url}/health", timeout=2).status_code == 200:
+                return engine
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    engine.stop()
+    raise RuntimeError(f"engine not healthy after {ENGINE_START_TIMEOUT_S} s:\n{engine.log()[-4000:]}")
