@@ -1,11 +1,15 @@
 """Session-wide fixtures: one tiny checkpoint and one real vLLM engine per test session."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
 from tests.engine import EngineProcess, start_engine
+
+# vLLM on CPU sizes its KV cache from this (GiB); the tiny model needs little.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,7 @@ from torch import nn
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
-from vllm.model_executor.models.utils import (
-    AutoWeightsLoader,
-    WeightsMapper,
-    init_vllm_registered_model,
-    maybe_prefix,
-)
+from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
@@ -30,23 +25,10 @@ from .processing import (
     MiDashengLMProcessingInfo,
 )
 from .projector import SubsampleProjector
+from .weights import PUBLISHED_WEIGHTS, TensorRecorder, expected_tensors
 
 # Under the "vllm" logger tree so vLLM's log handlers print it in every process.
 logger = init_logger(f"vllm.plugins.{__name__}")
-
-# Published checkpoint name -> our module name. Prefixes not listed load as they are.
-PUBLISHED_WEIGHTS = WeightsMapper(
-    orig_to_new_prefix={
-        "audio_encoder.": "encoder.",
-        "audio_projector.net.0.": "projector.fc1.",
-        "audio_projector.net.2.": "projector.fc2.",
-        "decoder.": "language_model.",
-    },
-    # BatchNorm's step counter is training state; the mel filterbank and window are
-    # derived from config, never read from the checkpoint.
-    orig_to_new_suffix={".num_batches_tracked": None},
-)
-
 
 @MULTIMODAL_REGISTRY.register_processor(
     MiDashengLMMultiModalProcessor,
@@ -128,4 +110,9 @@ class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP):
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        """Published names via PUBLISHED_WEIGHTS; any missing or unexpected tensor is an error
+        that names it (AutoWeightsLoader raises for unexpected ones)."""
+        recorder = TensorRecorder(weights)
+        loaded = AutoWeightsLoader(self).load_weights(recorder, mapper=self.hf_to_vllm_mapper)
+        recorder.raise_if_missing(expected_tensors(self, self.packed_modules_mapping))
+        return loaded

@@ -1,0 +1,100 @@
+"""EnginePool unit tests: least-outstanding choice, model groups, bounded queue, ejection and re-admission."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from server.config import load_settings
+from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
+from server.metrics import Metrics
+from server.routing import EnginePool
+
+
+def make_pool(urls: list[str], models: list[set[str]] | None = None, **overrides) -> EnginePool:
+    pool = EnginePool(load_settings(engine_urls=urls, **overrides), httpx.AsyncClient(), Metrics())
+    for engine, served in zip(pool.engines.values(), models or [{"m"}] * len(urls)):
+        engine.models, engine.healthy = frozenset(served), True
+    return pool
+
+
+async def test_least_outstanding_spreads_load() -> None:
+    pool = make_pool(["http://a:1", "http://b:1", "http://c:1"])
+    picked = [await pool.acquire("m") for _ in range(6)]
+    assert sorted(e.outstanding for e in pool.engines.values()) == [2, 2, 2]
+    busiest = picked[0]
+    pool.release(picked[1])  # b now has 1, the others 2
+    assert (await pool.acquire("m")) is picked[1]
+    assert busiest.outstanding == 2
+
+
+async def test_models_group_engines() -> None:
+    pool = make_pool(["http://a:1", "http://b:1"], [{"m1"}, {"m2"}])
+    assert (await pool.acquire("m2")).url == "http://b:1"
+    assert pool.served_models() == ["m1", "m2"]
+    with pytest.raises(ModelNotFound) as info:
+        await pool.acquire("other")
+    assert (info.value.status, info.value.param) == (404, "model")
+    pool.eject(pool.engines["http://a:1"], "test")
+    with pytest.raises(NoHealthyEngine):
+        await pool.acquire("m1")
+    assert pool.served_models() == ["m2"]
+
+
+async def test_excluded_engines_are_skipped() -> None:
+    pool = make_pool(["http://a:1", "http://b:1"])
+    assert (await pool.acquire("m", frozenset({"http://a:1"}))).url == "http://b:1"
+    with pytest.raises(NoHealthyEngine):
+        await pool.acquire("m", frozenset({"http://a:1", "http://b:1"}))
+
+
+async def test_bounded_queue_then_429() -> None:
+    pool = make_pool(["http://a:1"], max_inflight_per_engine=1, max_queue=1, retry_after_s=3)
+    first = await pool.acquire("m")
+    waiter = asyncio.create_task(pool.acquire("m"))
+    while pool.waiting == 0:
+        await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as info:
+        await pool.acquire("m")
+    assert info.value.status == 429 and info.value.headers() == {"Retry-After": "3"}
+    pool.release(first)
+    assert (await waiter) is first and pool.waiting == 0
+
+
+async def test_waiters_fail_when_engines_go_away() -> None:
+    pool = make_pool(["http://a:1"], max_inflight_per_engine=1)
+    engine = await pool.acquire("m")
+    waiter = asyncio.create_task(pool.acquire("m"))
+    while pool.waiting == 0:
+        await asyncio.sleep(0)
+    pool.eject(engine, "test")
+    with pytest.raises(NoHealthyEngine):
+        await waiter
+
+
+async def test_health_checks_eject_and_readmit(start_fake) -> None:
+    fake, url = start_fake(model="m")
+    pool = EnginePool(load_settings(engine_urls=[url], eject_after_failures=2), httpx.AsyncClient(), Metrics())
+    await pool.check_all()
+    engine = pool.engines[url]
+    assert engine.healthy and engine.models == {"m"}
+    fake.healthy = False
+    await pool.check_all()
+    assert engine.healthy  # one failure is tolerated
+    await pool.check_all()
+    assert not engine.healthy and not pool.ready()
+    fake.healthy = True
+    await pool.check_all()
+    assert engine.healthy and pool.ready()
+
+
+async def test_dns_expansion(start_fake) -> None:
+    _, url = start_fake(model="m")
+    port = url.rsplit(":", 1)[1]
+    pool = EnginePool(load_settings(engine_urls=[f"http://localhost:{port}"], engine_dns_expand=True),
+                      httpx.AsyncClient(), Metrics())
+    await pool.check_all()
+    assert f"http://127.0.0.1:{port}" in pool.engines
+    assert pool.engines[f"http://127.0.0.1:{port}"].healthy
