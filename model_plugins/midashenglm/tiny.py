@@ -8,6 +8,7 @@ model and the model `alm serve` runs when given none.
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -201,10 +202,8 @@ def make_tiny_checkpoint(out_dir: Path | str, *, preset: str = "tiny", seed: int
 
 
 def default_tiny_dir() -> Path:
-    """Where `alm serve` keeps its embedded default model ($ALM_HOME, else ~/.cache/alm)."""
-    import os
-
-    return Path(os.environ.get("ALM_HOME", Path.home() / ".cache" / "alm")) / "tiny-midashenglm"
+    """Where `alm serve` keeps its embedded default model: $XDG_CACHE_HOME/alm (~/.cache/alm)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alm" / "tiny-midashenglm"
 
 
 def ensure_tiny_checkpoint(out_dir: Path | None = None) -> Path:

@@ -37,22 +37,26 @@ def speechlike(seconds: float = 10.0, rate: int = 16_000, seed: int = 0) -> np.n
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
-    """(frames, channels) float32 → file bytes: wav/flac/ogg via libsndfile, mp3 via PyAV (libmp3lame)."""
-    if fmt == "mp3":
-        return _encode_mp3(samples, rate)
+    """(frames, channels) float32 → file bytes: wav/flac/ogg via libsndfile, mp3/m4a (AAC) via PyAV."""
+    if fmt in _AV_FORMATS:
+        return _encode_av(samples, rate, fmt)
     container, subtype = _SF_FORMATS[fmt]
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format=container, subtype=subtype)
     return buf.getvalue()
 
 
-def _encode_mp3(samples: np.ndarray, rate: int) -> bytes:
+_AV_FORMATS = {"mp3": ("mp3", "libmp3lame"), "m4a": ("ipod", "aac")}
+
+
+def _encode_av(samples: np.ndarray, rate: int, fmt: str) -> bytes:
     import av
 
     buf = io.BytesIO()
     channels = samples.shape[1]
-    with av.open(buf, mode="w", format="mp3") as out:
-        stream = out.add_stream("libmp3lame", rate=rate, layout="mono" if channels == 1 else "stereo")
+    container, codec = _AV_FORMATS[fmt]
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono" if channels == 1 else "stereo")
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp",
                                            layout=stream.layout.name)
         frame.sample_rate = rate

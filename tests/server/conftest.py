@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from typing import Callable, Iterator
 
 import pytest
 from fakes import FakeEngine, serve

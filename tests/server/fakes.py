@@ -7,9 +7,9 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -76,7 +76,10 @@ class FakeEngine:
                 return JSONResponse({"error": {"message": "engine says no", "type": "x", "param": None,
                                                "code": self.status}}, status_code=self.status)
             if self.mode == "hang":
-                await asyncio.sleep(3600)
+                while not await request.is_disconnected():
+                    await asyncio.sleep(0.02)
+                self.aborted += 1
+                return Response(status_code=499)
             if body.get("stream"):
                 return StreamingResponse(self._events(), media_type="text/event-stream")
             self.completed += 1

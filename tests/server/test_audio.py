@@ -36,6 +36,15 @@ def test_decodes_to_16k_mono_float32(fmt: str, rate: int, channels: int) -> None
     assert np.isfinite(clip.samples).all()
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_aac_m4a_falls_back_to_pyav(channels: int) -> None:
+    """libsndfile cannot read AAC in MP4; the FFmpeg fallback does, with the same normalisation."""
+    clip = decode_audio(encode(tone(1.0, 44_100, channels), 44_100, "m4a"), LIMITS, "p")
+    assert clip.source_rate == 44_100 and clip.source_channels == channels
+    assert abs(clip.seconds - 1.0) < 0.1
+    assert abs(dominant_hz(clip.samples) - 440.0) < 5.0 or channels == 2
+
+
 def test_stereo_is_averaged_exactly() -> None:
     stereo = tone(1.0, 16_000, 2)
     clip = decode_audio(encode_wav_float(stereo, 16_000), LIMITS, "p")

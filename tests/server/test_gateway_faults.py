@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import httpx
@@ -19,8 +20,8 @@ from audio_synth import audio_part, chat_body, encode, tone
 from fakes import FakeEngine, serve
 
 from server.audio import decode_audio
-from server.prepare import limits_of
 from server.config import load_settings
+from server.prepare import limits_of
 
 M = "fake-model"
 
@@ -155,6 +156,16 @@ def test_client_disconnect_closes_upstream(start_fake, start_gateway) -> None:
                and f'engine="{url[7:]}"}} 0.0' in m)
 
 
+def test_client_disconnect_cancels_non_streamed_request(start_fake, start_gateway) -> None:
+    fake, url = start_fake(mode="hang")
+    gw = start_gateway([url])
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gw + "/v1/chat/completions", json=chat_body(M), timeout=httpx.Timeout(60, read=0.5))
+    wait_until(lambda: fake.aborted == 1)
+    wait_until(lambda: 'alm_gateway_requests_total{code="499",route="chat_completions"} 1.0'
+               in httpx.get(gw + "/metrics").text)
+
+
 @pytest.mark.parametrize("keys", [[], ["k1", "k2"]])
 def test_auth(start_fake, start_gateway, keys: list[str]) -> None:
     _, url = start_fake()
@@ -212,3 +223,48 @@ def test_remote_audio_url(start_fake, start_gateway, stack) -> None:
                             audio_url_allow_private=True)
     assert httpx.post(trusted + "/v1/chat/completions", json=chat_body(M, part)).status_code == 200
     assert json.dumps(fake.bodies[-1]).count('"format": "wav"') == 1
+
+
+def test_ingest_never_blocks_the_event_loop(start_fake, start_gateway, monkeypatch) -> None:
+    """While one request's audio decode is stuck, /health and other requests are still served."""
+    import threading
+
+    import server.prepare
+
+    release, entered = threading.Event(), threading.Event()
+    real = server.prepare.decode_audio
+
+    def stuck_decode(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server.prepare, "decode_audio", stuck_decode)
+    _, url = start_fake()
+    gw = start_gateway([url])
+    big = chat_body(M, audio_part("wav", 5.0))  # > 32 KiB: parsed and decoded in the ingest pool
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, gw + "/v1/chat/completions", json=big, timeout=60)
+        assert entered.wait(30)
+        assert httpx.get(gw + "/health", timeout=30).status_code == 200
+        assert httpx.post(gw + "/v1/chat/completions", json=chat_body(M), timeout=30).status_code == 200
+        assert not pending.done()
+        release.set()
+        assert pending.result().status_code == 200
+
+
+@pytest.mark.parametrize(("fmt", "status", "expected"), [("json", 200, '{"text":"hello from fake"}'),
+                                                       ("text", 200, "hello from fake"), ("srt", 400, None)])
+def test_transcription_formats(start_fake, start_gateway, fmt: str, status: int, expected: str | None) -> None:
+    fake, url = start_fake()
+    wav = encode(tone(1.0, 8_000, 2), 8_000, "wav")
+    resp = httpx.post(start_gateway([url]) + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                      data={"model": M, "response_format": fmt, "language": "de"})
+    assert resp.status_code == status
+    if expected is None:
+        assert error_of(resp)["param"] == "response_format" and not fake.bodies
+        return
+    assert resp.text == expected
+    sent = fake.bodies[0]
+    assert sent["max_tokens"] == 448 and "The language is de." in sent["messages"][0]["content"][1]["text"]
+    assert sent["messages"][0]["content"][0]["input_audio"]["format"] == "wav"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from server.config import load_settings
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
@@ -15,7 +17,7 @@ from server.routing import EnginePool
 
 def make_pool(urls: list[str], models: list[set[str]] | None = None, **overrides) -> EnginePool:
     pool = EnginePool(load_settings(engine_urls=urls, **overrides), httpx.AsyncClient(), Metrics())
-    for engine, served in zip(pool.engines.values(), models or [{"m"}] * len(urls)):
+    for engine, served in zip(pool.engines.values(), models or [{"m"}] * len(urls), strict=True):
         engine.models, engine.healthy = frozenset(served), True
     return pool
 
@@ -98,3 +100,24 @@ async def test_dns_expansion(start_fake) -> None:
     await pool.check_all()
     assert f"http://127.0.0.1:{port}" in pool.engines
     assert pool.engines[f"http://127.0.0.1:{port}"].healthy
+
+
+async def test_dns_discovery_adds_replicas_and_drops_vanished_ones_with_their_series(monkeypatch) -> None:
+    """A compose/k8s service name resolves to one engine per address; a scaled-down replica
+    leaves the pool and its engine_* series leave /metrics (it is gone, not unhealthy)."""
+    addresses = ["10.0.0.1", "10.0.0.2"]
+
+    async def getaddrinfo(host, port, **kwargs):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    metrics = Metrics()
+    pool = EnginePool(load_settings(engine_urls=["http://engine:8000"], engine_dns_expand=True),
+                      httpx.AsyncClient(), metrics)
+    await pool.discover()
+    assert sorted(pool.engines) == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    addresses.pop()
+    await pool.discover()
+    assert list(pool.engines) == ["http://10.0.0.1:8000"]
+    exported = generate_latest(metrics.registry).decode()
+    assert 'engine="10.0.0.1:8000"' in exported and 'engine="10.0.0.2:8000"' not in exported

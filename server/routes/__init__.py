@@ -1,0 +1,1 @@
+"""Thin route handlers: read the request, call the Gateway, return its response."""

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from server.schemas import ModelCard, ModelList
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    """The models served by at least one healthy engine."""
+    now = int(time.time())
+    return ModelList(data=[ModelCard(id=m, created=now) for m in request.app.state.gateway.pool.served_models()])

@@ -1,0 +1,153 @@
+"""The gateway's request flow, shared by the routes: prepare off the event loop, forward, relay.
+
+One ``Gateway`` lives on ``app.state.gateway``, created and closed by the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import httpx
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
+from server.config import Settings
+from server.errors import InvalidRequest, UpstreamError
+from server.fetch import fetch_audio_url
+from server.metrics import Metrics
+from server.prepare import ChatJob, finish_chat, parse_chat, transcription_job
+from server.routing import EnginePool
+from server.upstream import Upstream, UpstreamReply
+
+T = TypeVar("T")
+
+CHAT_PATH = "/v1/chat/completions"
+_INLINE_BYTES = 32 * 1024
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class Gateway:
+    def __init__(self, settings: Settings, pool: EnginePool, upstream: Upstream, metrics: Metrics,
+                 client: httpx.AsyncClient, executor: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.upstream = upstream
+        self.metrics = metrics
+        self.client = client
+        self.executor = executor
+
+    async def run_cpu(self, fn: Callable[..., T], *args: object) -> T:
+        """Run CPU-heavy work (JSON of megabytes, audio decode) in the ingest pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _ingest(self, job: ChatJob) -> bytes:
+        for ref in job.audio:
+            if ref.url is not None:
+                ref.raw = await fetch_audio_url(ref.url, ref.param, self.settings, self.client)
+        body = await self.run_cpu(finish_chat, job, self.settings)
+        self._observe(job)
+        return body
+
+    def _observe(self, job: ChatJob) -> None:
+        if job.clips:
+            self.metrics.ingest_duration.observe(job.ingest_seconds)
+            for clip in job.clips:
+                self.metrics.audio_input.observe(clip.seconds)
+
+    async def _prepare_chat(self, raw_body: bytes) -> tuple[ChatJob, bytes]:
+        """Parse, ingest, re-encode with at most one hop to the ingest pool (each hop costs ~0.1 ms of CPU)."""
+        if len(raw_body) <= _INLINE_BYTES:  # small JSON parses in microseconds: no hop
+            job = parse_chat(raw_body, self.settings)
+            if not job.audio:
+                return job, finish_chat(job, self.settings)
+        else:
+            job = await self.run_cpu(_parse_and_finish, raw_body, self.settings)
+            if job.encoded is not None:
+                self._observe(job)
+                return job, job.encoded
+        return job, await self._ingest(job)
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(self, raw_body: bytes, start: float, request_id: str, receive: Receive) -> Response:
+        job, body = await self._prepare_chat(raw_body)
+        deadline = start + self.settings.request_timeout_s
+        if not job.stream:
+            return _relay_reply(await _unless_disconnected(
+                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive))
+        result = await self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id)
+        if isinstance(result, UpstreamReply):
+            return _relay_reply(result)
+        return StreamingResponse(self._timed(result, start), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def _timed(self, events: AsyncIterator[bytes], start: float) -> AsyncIterator[bytes]:
+        first = True
+        async for event in events:
+            yield event
+            if first:
+                self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - start)
+                first = False
+
+    # ------------------------------------------------------------------ transcriptions
+
+    async def transcribe(self, raw: bytes, model: str, prompt: str | None, language: str | None,
+                         response_format: str, temperature: float | None, start: float, request_id: str,
+                         receive: Receive) -> Response:
+        if response_format not in ("json", "text"):
+            raise InvalidRequest(f"response_format '{response_format}' is not supported; use json or text",
+                                 param="response_format")
+        job = transcription_job(raw, model, prompt, language, temperature, self.settings)
+        body = await self._ingest(job)
+        deadline = start + self.settings.request_timeout_s
+        reply = await _unless_disconnected(self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id),
+                                           receive)
+        if reply.status != 200:
+            return _relay_reply(reply)
+        try:
+            text = json.loads(reply.body)["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UpstreamError("the engine returned an unexpected answer") from None
+        if response_format == "text":
+            return PlainTextResponse(text)
+        return JSONResponse({"text": text})
+
+
+async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work`` unless the client goes away first: then cancel it (closing the engine connection makes
+    vLLM abort the request) and raise ClientDisconnect. ``receive`` is the ASGI receive; the body is read."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, watch):
+            if not t.done():
+                t.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientDisconnect()
+
+
+def _parse_and_finish(raw_body: bytes, settings: Settings) -> ChatJob:
+    """In the ingest pool: parse, and finish too unless remote URLs must be fetched first."""
+    job = parse_chat(raw_body, settings)
+    if not any(ref.url is not None for ref in job.audio):
+        job.encoded = finish_chat(job, settings)
+    return job
+
+
+def _relay_reply(reply: UpstreamReply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
