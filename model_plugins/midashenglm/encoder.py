@@ -1,9 +1,9 @@
 """The Dasheng audio transformer: a ViT over 64x4 (mel x frame) patches.
 
 Clips are cut into windows of `target_length` frames (~10 s). The windows of every
-clip in a batch run as ONE batched forward; the last, partial window of a clip is
-zero-padded and its padding is masked out of attention, so a clip's output is the
-same whatever else shares the batch. Submodule names follow the published
+clip in a batch run as ONE batched forward, zero-padded to the longest window in the
+batch (so a batch of short clips does not pay for 10 s windows); padding is masked out
+of attention, so a clip's output is the same whatever else shares the batch. Submodule names follow the published
 checkpoint (`audio_encoder.blocks.0.attn.qkv.weight`, ...).
 """
 
@@ -112,8 +112,8 @@ class PatchEmbed(nn.Module):
 class WindowBatch:
     """Every clip's windows stacked for one forward.
 
-    mels: (windows, 1, n_mels, target_length) zero-padded log-mel frames.
-    key_mask: (windows, patches_per_window) True where the patch holds real frames.
+    mels: (windows, 1, n_mels, width) log-mel frames, zero-padded to the longest window.
+    key_mask: (windows, width // frames_per_patch) True where the patch holds real frames.
     patches_per_clip: valid time patches of each clip (frames // frames_per_patch).
     """
 
@@ -129,6 +129,8 @@ class DashengEncoder(nn.Module):
         super().__init__()
         self.config = config
         grid_freq = config.n_mels // config.patch_stride[0]
+        if grid_freq != 1:  # the published 64x4 patches span all mel bins: one token per time step
+            raise ValueError(f"patches must span all {config.n_mels} mel bins, got patch height {config.patch_stride[0]}")
         self.front_end = LogMelFrontend(config)
         self.init_bn = nn.BatchNorm2d(config.n_mels, momentum=0.01)  # over mel bins
         self.patch_embed = PatchEmbed(config)
@@ -155,11 +157,12 @@ class DashengEncoder(nn.Module):
             for start in range(0, mel.shape[-1], target):
                 chunk = mel[:, start : start + target]
                 valid_frames.append(chunk.shape[-1])
-                chunks.append(F.pad(chunk, (0, target - chunk.shape[-1])))
+                chunks.append(chunk)
+        width = max(valid_frames)  # a multiple of frames_per_patch, at most target_length
         valid_patches = torch.tensor(valid_frames, device=chunks[0].device) // per_patch
-        positions = torch.arange(self.config.patches_per_window, device=chunks[0].device)
+        positions = torch.arange(width // per_patch, device=chunks[0].device)
         return WindowBatch(
-            mels=torch.stack(chunks).unsqueeze(1),
+            mels=torch.stack([F.pad(chunk, (0, width - chunk.shape[-1])) for chunk in chunks]).unsqueeze(1),
             key_mask=positions[None, :] < valid_patches[:, None],
             patches_per_clip=patches_per_clip,
         )
@@ -181,7 +184,7 @@ class DashengEncoder(nn.Module):
         # Windows are in clip order and only the last window of a clip is partial,
         # so a clip's patches are the first `patches` rows of its windows, in order.
         flat = features.flatten(0, 1)
-        per_window = self.config.patches_per_window
+        per_window = features.shape[1]
         outputs, window = [], 0
         for patches in batch.patches_per_clip:
             count = -(-patches // per_window)

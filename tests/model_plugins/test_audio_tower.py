@@ -54,3 +54,13 @@ def test_clip_output_does_not_depend_on_its_batch(tiny_model):
         batched = tiny_model.embed_audio([long, short, long])
     torch.testing.assert_close(batched[1], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched[0], batched[2], atol=0, rtol=0)
+
+
+def test_windows_are_padded_to_the_longest_in_the_batch_not_to_ten_seconds(tiny_model):
+    """A batch of short clips must not pay for full 1008-frame windows."""
+    clips = [torch.from_numpy(tone(1.0)), torch.from_numpy(tone(2.0, seed=1))]
+    batch = tiny_model.encoder.windows(clips)
+    assert batch.mels.shape[-1] == 200  # 2 s: 201 frames -> 50 patches of 4 frames
+    assert batch.key_mask.sum(dim=1).tolist() == [25, 50]
+    long = tiny_model.encoder.windows([torch.from_numpy(tone(12.0))])
+    assert long.mels.shape[-1] == 1008 and long.key_mask.sum(dim=1).tolist() == [252, 48]
