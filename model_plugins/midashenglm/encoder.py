@@ -130,7 +130,9 @@ class DashengEncoder(nn.Module):
         self.config = config
         grid_freq = config.n_mels // config.patch_stride[0]
         if grid_freq != 1:  # the published 64x4 patches span all mel bins: one token per time step
-            raise ValueError(f"patches must span all {config.n_mels} mel bins, got patch height {config.patch_stride[0]}")
+            raise ValueError(
+                f"patches must span all {config.n_mels} mel bins, got patch height {config.patch_stride[0]}"
+            )
         self.front_end = LogMelFrontend(config)
         self.init_bn = nn.BatchNorm2d(config.n_mels, momentum=0.01)  # over mel bins
         self.patch_embed = PatchEmbed(config)

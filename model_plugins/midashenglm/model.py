@@ -2,7 +2,9 @@
 
 The decoder is vLLM's registered `Qwen2ForCausalLM`, so continuous batching, chunked
 prefill, torch.compile and CUDA graphs apply to it unchanged. The audio tower runs
-eagerly, once per clip, when vLLM asks for multimodal embeddings.
+eagerly when vLLM asks for multimodal embeddings: every clip of the step in one batch.
+Waveforms reach it as float32 (our processor bypasses vLLM's cast of processor outputs
+to the model dtype), so the mel front end keeps full precision when the model runs bf16.
 """
 
 from collections.abc import Iterable
@@ -29,6 +31,7 @@ from .weights import PUBLISHED_WEIGHTS, TensorRecorder, expected_tensors
 
 # Under the "vllm" logger tree so vLLM's log handlers print it in every process.
 logger = init_logger(f"vllm.plugins.{__name__}")
+
 
 @MULTIMODAL_REGISTRY.register_processor(
     MiDashengLMMultiModalProcessor,

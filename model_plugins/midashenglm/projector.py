@@ -35,7 +35,7 @@ class SubsampleProjector(nn.Module):
         """
         counts = [self.num_tokens(clip.shape[0]) for clip in clips]
         grouped = torch.cat(
-            [clip[: n * self.factor].reshape(n, -1) for clip, n in zip(clips, counts)]
+            [clip[: n * self.factor].reshape(n, -1) for clip, n in zip(clips, counts, strict=True)]
         )
         x, _ = self.fc1(grouped)
         x, _ = self.fc2(self.act(x))

@@ -8,6 +8,7 @@ from functools import cache
 
 import pytest
 import yaml
+
 from tests.deploy.deploy_checks import DEPLOY, REPO, run_tool
 
 ENV_FILE = DEPLOY / "alm.env"

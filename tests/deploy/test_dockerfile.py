@@ -11,12 +11,19 @@ import stat
 import subprocess
 import sys
 import threading
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-from tests.deploy.deploy_checks import DEPLOY, REPO, find_tool, gateway_factory, run_tool
+import tomllib
+
+from tests.deploy.deploy_checks import (
+    DEPLOY,
+    REPO,
+    find_tool,
+    gateway_factory,
+    run_tool,
+)
 
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = DEPLOY / "docker" / "entrypoint.sh"

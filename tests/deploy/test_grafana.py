@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.deploy.deploy_checks import DEPLOY, recording_rule_names, run_tool, unknown_metric_names
+
+from tests.deploy.deploy_checks import (
+    DEPLOY,
+    recording_rule_names,
+    run_tool,
+    unknown_metric_names,
+)
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))

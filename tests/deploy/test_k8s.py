@@ -8,6 +8,7 @@ import copy
 import kubernetes_validate
 import pytest
 import yaml
+
 from tests.deploy.deploy_checks import DEPLOY, load_yaml_docs, vllm_metric_families
 
 K8S = DEPLOY / "k8s"

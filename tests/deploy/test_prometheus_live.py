@@ -229,7 +229,7 @@ def test_every_rule_evaluates_cleanly_and_no_alert_fires(traffic: str):
 
 @pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda p: p.name)
 def test_every_dashboard_query_runs(traffic: str, dashboard: Path):
-    for title, promql in queries(load(dashboard)):
+    for _title, promql in queries(load(dashboard)):
         query(traffic, promql)  # asserts status == success
     # The core panels have data once traffic has been scraped.
     for promql in ("alm:gateway_engines_healthy:count", "sum by (instance) (vllm:num_requests_running)",

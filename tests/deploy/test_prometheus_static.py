@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.deploy.deploy_checks import (
     DEPLOY,
     family_name,

@@ -42,7 +42,7 @@ def test_encoder_and_projector_match_eager_reference(tiny_model, checkpoint):
     with torch.inference_mode():
         ours = tiny_model.embed_audio([torch.from_numpy(c) for c in clips])
         expected = [reference_audio_embeddings(c, tensors, config) for c in clips]
-    for got, want in zip(ours, expected):
+    for got, want in zip(ours, expected, strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
 

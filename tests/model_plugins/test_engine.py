@@ -26,6 +26,10 @@ def prompt(seconds: float, index: int) -> dict:
     return {"prompt": text, "multi_modal_data": {"audio": (clip, SAMPLE_RATE)}}
 
 
+def prompts(clips: list[float]) -> list[dict]:
+    return [prompt(seconds, index) for index, seconds in enumerate(clips)]
+
+
 def run_engine(checkpoint, **engine_args) -> dict[str, list[list[int]]]:
     """Start one engine, run every workload, shut it down; greedy token ids per prompt."""
     llm = LLM(
@@ -33,7 +37,7 @@ def run_engine(checkpoint, **engine_args) -> dict[str, list[list[int]]]:
     )
     try:
         return {
-            name: [list(o.outputs[0].token_ids) for o in llm.generate([prompt(s, i) for i, s in enumerate(clips)], GREEDY)]
+            name: [list(o.outputs[0].token_ids) for o in llm.generate(prompts(clips), GREEDY)]
             for name, clips in WORKLOADS.items()
         }
     finally:

@@ -23,7 +23,8 @@ def test_every_published_tensor_has_a_home(tiny_model, tiny_checkpoint):
     gate/up are stacked into vLLM's fused layers). Values are checked by behaviour in
     test_audio_tower.py: on CPU vLLM repacks linear weights after loading."""
     ours = set(dict(tiny_model.named_parameters())) | set(dict(tiny_model.named_buffers()))
-    fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+    fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"}
+    fused |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
     for name in load_file(tiny_checkpoint / "model.safetensors"):
         mapped = PUBLISHED_WEIGHTS.map_name(name)
         if mapped is None:  # training-only state such as num_batches_tracked
@@ -35,7 +36,11 @@ def test_every_published_tensor_has_a_home(tiny_model, tiny_checkpoint):
 
 @pytest.mark.parametrize(
     "name",
-    ["audio_encoder.blocks.1.attn.qkv.weight", "audio_projector.net.2.bias", "decoder.model.layers.1.mlp.up_proj.weight"],
+    [
+        "audio_encoder.blocks.1.attn.qkv.weight",
+        "audio_projector.net.2.bias",
+        "decoder.model.layers.1.mlp.up_proj.weight",
+    ],
 )
 def test_missing_tensor_fails_with_its_name(tiny_checkpoint, tmp_path, name):
     broken = edited_checkpoint(tiny_checkpoint, tmp_path / "broken", lambda t: t.pop(name))
