@@ -49,7 +49,7 @@ def start(cmd: list[str], env: dict, url: str, path: str, log: Path) -> subproce
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"{cmd[2]} exited; see {log}")
+            sys.exit(f"{' '.join(cmd[:6])} exited; see {log}")
         try:
             if httpx.get(url + path, timeout=2).status_code == 200:
                 return proc
@@ -280,6 +280,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rate", type=int, default=16_000, help="sample rate of the 10 s FLAC")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: load,ingest,cpu,isolated")
+    ap.add_argument("--pin", action="store_true",
+                    help="deployment topology on one box: the whole engine on core 0, gateway and load generator on "
+                         "core 1 (as when the gateway runs on its own host)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     logs = launcher.cache_dir() / "bench"
@@ -288,6 +291,12 @@ def main() -> None:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     eport, gport = launcher._free_port(), launcher._free_port()
     engine_url, gw_url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{gport}"
+    engine_prefix, gateway_prefix = (), ()
+    if args.pin:
+        engine_prefix, gateway_prefix = ("taskset", "-c", "0"), ("taskset", "-c", "1")
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0"  # the model worker on core 0, like the rest of the engine
+        os.sched_setaffinity(0, {1})
+        print("pinned: engine on core 0; gateway and this load generator on core 1")
     procs = []
     try:
         if "ingest" not in skip:
@@ -296,14 +305,15 @@ def main() -> None:
             isolation_section(args, env, logs)
         if skip >= {"load", "cpu"}:
             return
-        procs.append(start(launcher.engine_command(model, MODEL, eport, ()), env, engine_url, "/health",
+        engine = [*engine_prefix, *launcher.engine_command(model, MODEL, eport, ())]
+        procs.append(start(engine, env, engine_url, "/health",
                            logs / "engine.log"))
         if "cpu" not in skip:
             engine_cpu_section(engine_url, psutil.Process(procs[0].pid), 10)
         if "load" not in skip:
             gw_env = {**env, "ALM_ENGINE_URLS": engine_url, "ALM_LOG_LEVEL": "WARNING"}
-            procs.append(start([sys.executable, "-m", "uvicorn", "server.app:app_from_env", "--factory",
-                                "--port", str(gport), "--no-access-log", "--log-level", "warning"],
+            procs.append(start([*gateway_prefix, sys.executable, "-m", "uvicorn", "server.app:app_from_env",
+                                "--factory", "--port", str(gport), "--no-access-log", "--log-level", "warning"],
                                gw_env, gw_url, "/ready", logs / "gateway.log"))
             throughput_section(engine_url, gw_url, psutil.Process(procs[1].pid), args)
     finally:
