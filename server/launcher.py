@@ -38,7 +38,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alm"
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -86,15 +86,16 @@ def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) ->
     return False
 
 
-def _stop(child: Child, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    if child.proc.poll() is not None:
+def stop_process(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM a child started in its own session (and its whole process group), SIGKILL after timeout_s."""
+    if proc.poll() is not None:
         return
     try:
-        os.killpg(child.proc.pid, signal.SIGTERM)
-        child.proc.wait(timeout=timeout_s)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(child.proc.pid, signal.SIGKILL)
-        child.proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     except ProcessLookupError:
         pass
 
@@ -107,12 +108,13 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
         print("alm: --engines must be at least 1", file=sys.stderr)
         return 2
     if model is None:
-        from model_plugins.midashenglm.tiny import default_tiny_dir, ensure_tiny_checkpoint
+        from model_plugins.midashenglm.tiny import ensure_tiny_checkpoint
 
-        print(f"alm: serving the embedded tiny model from {default_tiny_dir()} (created if absent)", flush=True)
-        model = ensure_tiny_checkpoint()
+        model = cache_dir() / TINY_NAME
+        print(f"alm: serving the embedded tiny model from {model} (created if absent)", flush=True)
+        ensure_tiny_checkpoint(model)
     model = Path(model)
-    name = served_model_name or (TINY_NAME if model.name == TINY_NAME else model.name)
+    name = served_model_name or model.name
     log_dir = log_dir or cache_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -127,7 +129,7 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
     children: list[Child] = []
     try:
         for i in range(engines):
-            eport = _free_port()
+            eport = free_port()
             log_path = log_dir / f"engine-{i}.log"
             children.append(_spawn(f"engine-{i}", engine_command(model, name, eport, engine_args),
                                    f"http://127.0.0.1:{eport}", env, log_path))
@@ -159,6 +161,6 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
     finally:
         # Gateway first (it drains in-flight requests), then engines.
         for child in reversed(children):
-            _stop(child, drain_timeout_s + 5 if child.name == "gateway" else STOP_TIMEOUT_S)
+            stop_process(child.proc, drain_timeout_s + 5 if child.name == "gateway" else STOP_TIMEOUT_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -227,7 +227,7 @@ uvicorn.run(engine.app(), port=int(sys.argv[1]), log_level="warning")
 
 
 def isolation_section(args, env: dict, logs: Path) -> None:
-    fport, gport = launcher._free_port(), launcher._free_port()
+    fport, gport = launcher.free_port(), launcher.free_port()
     fake_url, gw_url = f"http://127.0.0.1:{fport}", f"http://127.0.0.1:{gport}"
     procs = [start([sys.executable, "-c", FAKE_ENGINE, str(fport), str(ROOT / "tests" / "server"), MODEL], env,
                    fake_url, "/health", logs / "fake.log")]
@@ -254,20 +254,13 @@ def isolation_section(args, env: dict, logs: Path) -> None:
                   f"{pct(lat['gateway'], 50) - pct(lat['direct'], 50):+5.2f} ms")
     finally:
         for p in reversed(procs):
-            launcher._stop(launcher.Child("x", p, "", None))
+            launcher.stop_process(p)
 
 
 def checkpoint(preset: str) -> Path:
-    if preset == "tiny":
-        from model_plugins.midashenglm.tiny import ensure_tiny_checkpoint
+    from model_plugins.midashenglm.tiny import ensure_tiny_checkpoint
 
-        return ensure_tiny_checkpoint()
-    from model_plugins.midashenglm.tiny import make_tiny_checkpoint
-
-    path = launcher.cache_dir() / f"{preset}-midashenglm"
-    if not (path / "config.json").exists():
-        make_tiny_checkpoint(path, preset=preset)
-    return path
+    return ensure_tiny_checkpoint(launcher.cache_dir() / f"{preset}-midashenglm", preset=preset)
 
 
 def main() -> None:
@@ -289,7 +282,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     model = args.model or checkpoint(args.preset)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    eport, gport = launcher._free_port(), launcher._free_port()
+    eport, gport = launcher.free_port(), launcher.free_port()
     engine_url, gw_url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{gport}"
     engine_prefix, gateway_prefix = (), ()
     if args.pin:
@@ -318,7 +311,7 @@ def main() -> None:
             throughput_section(engine_url, gw_url, psutil.Process(procs[1].pid), args)
     finally:
         for p in reversed(procs):
-            launcher._stop(launcher.Child("x", p, "", None))
+            launcher.stop_process(p)
 
 
 if __name__ == "__main__":

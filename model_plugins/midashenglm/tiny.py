@@ -8,7 +8,6 @@ model and the model `alm serve` runs when given none.
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -201,14 +200,9 @@ def make_tiny_checkpoint(out_dir: Path | str, *, preset: str = "tiny", seed: int
     return out_dir
 
 
-def default_tiny_dir() -> Path:
-    """Where `alm serve` keeps its embedded default model: $XDG_CACHE_HOME/alm (~/.cache/alm)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alm" / "tiny-midashenglm"
-
-
-def ensure_tiny_checkpoint(out_dir: Path | None = None) -> Path:
-    """The tiny checkpoint at `out_dir` (default: default_tiny_dir()), made if absent."""
-    out_dir = Path(out_dir) if out_dir else default_tiny_dir()
+def ensure_tiny_checkpoint(out_dir: Path | str, *, preset: str = "tiny") -> Path:
+    """The checkpoint at `out_dir`, made (seed 0) if absent."""
+    out_dir = Path(out_dir)
     if not (out_dir / "config.json").exists():
-        make_tiny_checkpoint(out_dir)
+        make_tiny_checkpoint(out_dir, preset=preset)
     return out_dir

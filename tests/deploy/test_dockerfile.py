@@ -6,7 +6,6 @@ import http.server
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from server.launcher import free_port
 from tests.deploy.deploy_checks import (
     DEPLOY,
     REPO,
@@ -176,12 +176,6 @@ def test_entrypoint_passes_other_commands_through(fake_bin: Path):
 
 
 # --- the healthcheck, against a real loopback server ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("status, expected_rc", [(200, 0), (503, 1)])

@@ -14,7 +14,6 @@ import base64
 import io
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,17 +28,12 @@ import soundfile as sf
 import yaml
 from openai import OpenAI
 
+from server.launcher import free_port
 from tests.deploy.deploy_checks import DEPLOY, REPO, find_tool, gateway_factory
 from tests.deploy.test_grafana import DASHBOARDS, load, queries
 
 WAIT_S = 120  # upper bound for every wait below; normally each takes a few scrape intervals (1 s)
 CHAT_REQUESTS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(what: str, probe: Callable[[], Any], proc: subprocess.Popen | None = None, log: Path | None = None):

@@ -14,7 +14,7 @@ from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.plugins import load_general_plugins
 from vllm.utils.torch_utils import set_default_torch_dtype
 
-from tests.engine import free_port
+from server.launcher import free_port
 
 SAMPLE_RATE = 16000
 

@@ -11,7 +11,8 @@ import threading
 import openai
 import psutil
 from audio_synth import audio_part, chat_body
-from fakes import free_port
+
+from server.launcher import free_port
 
 
 def test_run_stack_serves_then_drains(tiny_checkpoint, tmp_path) -> None:
