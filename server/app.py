@@ -18,6 +18,7 @@ from server.middleware import GatewayMiddleware
 from server.routes import chat, health, models, transcriptions
 from server.routing import EnginePool
 from server.service import Gateway
+from server.shared_audio import SharedAudioDir
 from server.upstream import Upstream
 
 log = logging.getLogger("server")
@@ -31,17 +32,23 @@ def create_app(settings: Settings) -> FastAPI:
         async with httpx.AsyncClient(limits=limits, timeout=settings.request_timeout_s) as client:
             pool = EnginePool(settings, client, metrics)
             executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="alm-ingest")
+            shared = SharedAudioDir(settings.shared_audio_dir, settings.request_timeout_s + 60) \
+                if settings.shared_audio_dir else None
             app.state.gateway = Gateway(settings, pool, Upstream(settings, pool, client, metrics), metrics,
-                                        client, executor)
+                                        client, executor, shared)
             await pool.check_all()
-            health_task = asyncio.create_task(pool.run_health_checks())
-            log.info("gateway up: %d engine(s), models %s", len(pool.engines), pool.served_models())
+            tasks = [asyncio.create_task(pool.run_health_checks())]
+            if shared is not None:
+                tasks.append(asyncio.create_task(shared.run_sweeper()))
+            log.info("gateway up: %d engine(s), models %s, audio to engines %s", len(pool.engines),
+                     pool.served_models(), f"as files in {shared.root}" if shared else "inline (base64)")
             try:
                 yield
             finally:
-                health_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await health_task
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="alm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -47,7 +47,8 @@ class AudioLimits:
 
 @dataclass(frozen=True)
 class Clip:
-    """A normalised clip: ``samples`` is (n_samples,) float32 at 16 kHz, mono, all finite."""
+    """A normalised clip: ``samples`` is (n_samples,) at 16 kHz, mono: int16 when the source already was 16-bit
+    PCM at 16 kHz mono (kept exact, half the bytes to forward), else float32, all finite."""
 
     samples: np.ndarray
     source_rate: int
@@ -83,18 +84,23 @@ def decode_data_url(url: str, limits: AudioLimits, param: str) -> bytes:
     return decode_base64(data, limits, param)
 
 
-def encode_wav_f32(samples: np.ndarray, rate: int = TARGET_RATE) -> bytes:
-    """Mono float32 WAV (IEEE float, format tag 3): a 44-byte header and the raw samples, nothing lossy."""
-    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+def encode_wav(samples: np.ndarray, rate: int = TARGET_RATE) -> bytes:
+    """Mono WAV of the samples as they are, nothing lossy: 16-bit PCM for int16 (format tag 1), else IEEE
+    float32 (format tag 3). A 44-byte header and the raw samples."""
+    if samples.dtype == np.int16:
+        data, tag, width = np.ascontiguousarray(samples, dtype="<i2").tobytes(), 1, 2
+    else:
+        data, tag, width = np.ascontiguousarray(samples, dtype="<f4").tobytes(), 3, 4
     header = struct.pack(
         "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 3, 1, rate, rate * 4, 4, 32, b"data", len(data),
+        b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, tag, 1, rate, rate * width, width, 8 * width, b"data",
+        len(data),
     )
     return header + data
 
 
-def encode_wav_f32_base64(samples: np.ndarray) -> str:
-    return _b64encode(encode_wav_f32(samples))
+def encode_wav_base64(samples: np.ndarray) -> str:
+    return _b64encode(encode_wav(samples))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -115,14 +121,20 @@ def _wav_truncated(raw: bytes) -> bool:
     return True  # no data chunk within the bytes given
 
 
+_PCM16_EXACT = frozenset({"PCM_16", "PCM_S8", "PCM_U8"})
+"""libsndfile subtypes whose samples int16 holds exactly (FLAC and WAV alike report these)."""
+
+
 def _decode_soundfile(raw: bytes, limits: AudioLimits, param: str) -> tuple[np.ndarray, int]:
-    """libsndfile → ((frames, channels) float32, rate). Raises ``sf.LibsndfileError`` on unreadable input."""
+    """libsndfile → ((frames, channels) samples, rate): int16 for 16-bit-or-less PCM already at 16 kHz mono
+    (nothing to convert, so kept exact), else float32. Raises ``sf.LibsndfileError`` on unreadable input."""
     with sf.SoundFile(io.BytesIO(raw)) as f:
         rate, channels, frames = f.samplerate, f.channels, f.frames
         _check_stream(rate, channels, param)
         if frames > limits.max_seconds * rate + rate:  # metadata may only reject; the decode below decides
             raise _too_long(frames / rate, limits, param)
-        y = f.read(dtype="float32", always_2d=True)
+        native = rate == TARGET_RATE and channels == 1 and f.subtype in _PCM16_EXACT
+        y = f.read(dtype="int16" if native else "float32", always_2d=True)
     if frames - len(y) > max(4096, frames // 100):
         raise InvalidAudio(f"audio file is truncated: {len(y)} of {frames} frames present", param=param,
                            code="invalid_audio")
@@ -188,13 +200,16 @@ def decode_audio(raw: bytes, limits: AudioLimits, param: str) -> Clip:
     channels = y.shape[1]
     if len(y) == 0:
         raise InvalidAudio("audio contains no samples", param=param, code="audio_empty")
-    # (frames, ch) @ (ch,) is a BLAS gemv: ~10x faster than mean(axis=1) over a short axis
-    mono = y[:, 0] if channels == 1 else y @ np.full(channels, 1.0 / channels, dtype=np.float32)
-    if rate != TARGET_RATE:
-        mono = soxr.resample(mono, rate, TARGET_RATE)
-    mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if not np.isfinite(mono).all():
-        raise InvalidAudio("audio contains NaN or infinite samples", param=param, code="audio_not_finite")
+    if y.dtype == np.int16:  # 16-bit PCM at 16 kHz mono: already normalised, and integers are finite
+        mono = np.ascontiguousarray(y[:, 0])
+    else:
+        # (frames, ch) @ (ch,) is a BLAS gemv: ~10x faster than mean(axis=1) over a short axis
+        mono = y[:, 0] if channels == 1 else y @ np.full(channels, 1.0 / channels, dtype=np.float32)
+        if rate != TARGET_RATE:
+            mono = soxr.resample(mono, rate, TARGET_RATE)
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if not np.isfinite(mono).all():
+            raise InvalidAudio("audio contains NaN or infinite samples", param=param, code="audio_not_finite")
     seconds = len(mono) / TARGET_RATE
     if seconds > limits.max_seconds:
         raise _too_long(seconds, limits, param)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     min_audio_seconds: float = Field(0.2, ge=0)
     max_clips_per_request: int = Field(4, ge=1)
     ingest_threads: int = Field(4, ge=1)
+    shared_audio_dir: str = ""
+    """Directory the engines read too (same host; tmpfs such as /dev/shm/alm; each engine started with
+    ``--allowed-local-media-path`` on it): clips are handed over as files instead of base64 in the JSON.
+    Empty → inline base64 (engines on other hosts). ``alm serve`` sets it."""
     allow_audio_urls: bool = False
     """Allow http(s) audio URLs (fetched by the gateway)."""
     audio_url_domains: CommaList = Field(default_factory=list)

@@ -1,7 +1,8 @@
 """``alm serve``: one machine, N vLLM engine replicas (with our plugin) and the gateway, supervised.
 
 Start-up: engines (each in its own session, logs to files) → wait healthy → gateway (uvicorn) → wait ready →
-print the URL. Ctrl-C / SIGTERM: the gateway drains its in-flight requests first, then the engines stop;
+print the URL. Gateway and engines share a tmpfs directory, so clips go to the engines as files, not base64.
+Ctrl-C / SIGTERM: the gateway drains its in-flight requests first, then the engines stop;
 a child that does not stop in time is killed with its whole process group.
 """
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ import httpx
 TINY_NAME = "tiny-midashenglm"
 START_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 30.0
-# Skip vLLM's torchcodec probe: the gateway always forwards a float32 WAV, which libsndfile reads directly.
+# Skip vLLM's torchcodec probe: the gateway always forwards a plain WAV, which libsndfile reads directly.
 AUDIO_BACKEND_ARGS = ("--media-io-kwargs", '{"audio": {"audio_backend": "soundfile"}}')
 
 
@@ -55,12 +58,22 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def engine_command(model: Path, name: str, port: int, extra: tuple[str, ...]) -> list[str]:
+def engine_command(model: Path, name: str, port: int, extra: tuple[str, ...],
+                   shared_audio_dir: Path | None = None) -> list[str]:
+    """The engine's command line; ``shared_audio_dir``: where the gateway hands it clips as files."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), *AUDIO_BACKEND_ARGS]
+    if shared_audio_dir is not None:
+        cmd += ["--allowed-local-media-path", str(shared_audio_dir)]
     if _cpu_build():
         cmd += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "8192"]
     return cmd + list(extra)
+
+
+def make_shared_audio_dir() -> Path:
+    """A fresh directory for clips handed from the gateway to same-host engines: on tmpfs where there is one."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="alm-audio-", dir=base))
 
 
 def _spawn(name: str, cmd: list[str], url: str, env: dict[str, str], log_path: Path | None) -> Child:
@@ -126,18 +139,20 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    shared = make_shared_audio_dir()  # engines and gateway share this host: clips go over as files
     children: list[Child] = []
     try:
         for i in range(engines):
             eport = free_port()
             log_path = log_dir / f"engine-{i}.log"
-            children.append(_spawn(f"engine-{i}", engine_command(model, name, eport, engine_args),
+            children.append(_spawn(f"engine-{i}", engine_command(model, name, eport, engine_args, shared),
                                    f"http://127.0.0.1:{eport}", env, log_path))
             print(f"alm: engine-{i} starting on 127.0.0.1:{eport} (log: {log_path})", flush=True)
         for child in children:
             if not _wait_ok(child, "/health", stopping, START_TIMEOUT_S):
                 return 0 if stopping[0] else 1
-        gw_env = {**env, "ALM_ENGINE_URLS": ",".join(c.url for c in children)}
+        gw_env = {**env, "ALM_ENGINE_URLS": ",".join(c.url for c in children),
+                  "ALM_SHARED_AUDIO_DIR": str(shared)}
         gateway = _spawn("gateway", [sys.executable, "-m", "uvicorn", "server.app:app_from_env", "--factory",
                                      "--host", host, "--port", str(port), "--no-access-log",
                                      "--timeout-graceful-shutdown", str(int(drain_timeout_s))],
@@ -162,5 +177,6 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
         # Gateway first (it drains in-flight requests), then engines.
         for child in reversed(children):
             stop_process(child.proc, drain_timeout_s + 5 if child.name == "gateway" else STOP_TIMEOUT_S)
+        shutil.rmtree(shared, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

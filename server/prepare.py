@@ -2,8 +2,9 @@
 
 ``parse_chat`` and ``finish_chat`` are synchronous CPU work (JSON of megabytes, audio decode); routes run them
 in the ingest thread pool. Between the two, routes fetch remote audio URLs (async network I/O).
-Each audio part is forwarded to the engine once, as a 16 kHz mono float32 WAV: lossless, and vLLM reads it
-with one memcpy (libsndfile) and no resampling.
+Each audio part is forwarded to the engine once, as a 16 kHz mono WAV (16-bit PCM when the client's audio
+already was exactly that, else float32): lossless, and vLLM reads it with one memcpy (libsndfile) and no
+resampling.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import ValidationError
 
-from server.audio import FORMATS, AudioLimits, Clip, decode_audio, decode_base64, decode_data_url, encode_wav_f32_base64
+from server.audio import FORMATS, AudioLimits, Clip, decode_audio, decode_base64, decode_data_url, encode_wav_base64
 from server.config import Settings
 from server.errors import InvalidAudio, InvalidRequest
 from server.schemas import AUDIO_PART_TYPES, ChatCompletionRequest
+from server.shared_audio import SharedAudioDir
 
 # A per-process random marker: client text cannot collide with it by accident or design.
 _MARK = secrets.token_hex(8)
@@ -48,6 +51,8 @@ class ChatJob:
     ingest_seconds: float = 0.0
     encoded: bytes | None = None
     """The engine request body, once built."""
+    files: list[Path] = field(default_factory=list)
+    """Clip files in the shared audio dir, to remove once the engine has read them."""
 
 
 def limits_of(settings: Settings) -> AudioLimits:
@@ -115,22 +120,32 @@ def _locate(part, i: int, j: int, where: str, limits: AudioLimits, settings: Set
     raise InvalidAudio("audio_url must be a data: URL or an http(s) URL", param=param, code="invalid_audio_url")
 
 
-def finish_chat(job: ChatJob, settings: Settings) -> bytes:
-    """Decode every clip (raises typed 4xx errors), swap it into the body as float WAV; return engine JSON.
+def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None = None) -> bytes:
+    """Decode every clip (raises typed 4xx errors), swap it into the body as a WAV; return the engine JSON.
 
-    The megabyte-sized base64 strings are spliced into the serialised JSON rather than run through the JSON
-    encoder (base64 needs no escaping; the encoder would cost ~3 ms per 10 s of audio).
+    Each clip goes to the engine as a file in ``shared`` (a ``file://`` URL) when given, else inline as base64.
+    Inline, the megabyte-sized base64 strings are spliced into the serialised JSON rather than run through the
+    JSON encoder (base64 needs no escaping; the encoder would cost ~3 ms per 10 s of audio).
     """
     start = time.perf_counter()
     limits = limits_of(settings)
     messages = job.body["messages"]
     payloads: list[bytes] = []
-    for n, ref in enumerate(job.audio):
-        clip = decode_audio(ref.raw or b"", limits, ref.param)
-        job.clips.append(clip)
-        payloads.append(encode_wav_f32_base64(clip.samples).encode("ascii"))
-        messages[ref.message]["content"][ref.part] = {
-            "type": "input_audio", "input_audio": {"data": _SLOT.format(n), "format": "wav"}}
+    try:
+        for ref in job.audio:
+            clip = decode_audio(ref.raw or b"", limits, ref.param)
+            job.clips.append(clip)
+            if shared is not None:
+                path, url = shared.write(clip.samples)
+                job.files.append(path)
+                part: dict = {"type": "audio_url", "audio_url": {"url": url}}
+            else:
+                part = {"type": "input_audio", "input_audio": {"data": _SLOT.format(len(payloads)), "format": "wav"}}
+                payloads.append(encode_wav_base64(clip.samples).encode("ascii"))
+            messages[ref.message]["content"][ref.part] = part
+    except BaseException:
+        SharedAudioDir.remove(job.files)
+        raise
     out = json.dumps(job.body, ensure_ascii=False, separators=(",", ":")).encode()
     if payloads:
         pieces = _SLOT_RE.split(out)  # [text, index, text, index, ..., text]

@@ -24,6 +24,7 @@ from server.fetch import fetch_audio_url
 from server.metrics import Metrics
 from server.prepare import ChatJob, finish_chat, parse_chat, transcription_job
 from server.routing import EnginePool
+from server.shared_audio import SharedAudioDir
 from server.upstream import Upstream, UpstreamReply
 
 T = TypeVar("T")
@@ -35,13 +36,14 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 class Gateway:
     def __init__(self, settings: Settings, pool: EnginePool, upstream: Upstream, metrics: Metrics,
-                 client: httpx.AsyncClient, executor: ThreadPoolExecutor) -> None:
+                 client: httpx.AsyncClient, executor: ThreadPoolExecutor, shared: SharedAudioDir | None) -> None:
         self.settings = settings
         self.pool = pool
         self.upstream = upstream
         self.metrics = metrics
         self.client = client
         self.executor = executor
+        self.shared = shared
 
     async def run_cpu(self, fn: Callable[..., T], *args: object) -> T:
         """Run CPU-heavy work (JSON of megabytes, audio decode) in the ingest pool, off the event loop."""
@@ -51,7 +53,7 @@ class Gateway:
         for ref in job.audio:
             if ref.url is not None:
                 ref.raw = await fetch_audio_url(ref.url, ref.param, self.settings, self.client)
-        body = await self.run_cpu(finish_chat, job, self.settings)
+        body = await self.run_cpu(finish_chat, job, self.settings, self.shared)
         self._observe(job)
         return body
 
@@ -68,7 +70,7 @@ class Gateway:
             if not job.audio:
                 return job, finish_chat(job, self.settings)
         else:
-            job = await self.run_cpu(_parse_and_finish, raw_body, self.settings)
+            job = await self.run_cpu(_parse_and_finish, raw_body, self.settings, self.shared)
             if job.encoded is not None:
                 self._observe(job)
                 return job, job.encoded
@@ -79,10 +81,13 @@ class Gateway:
     async def chat(self, raw_body: bytes, start: float, request_id: str, receive: Receive) -> Response:
         job, body = await self._prepare_chat(raw_body)
         deadline = start + self.settings.request_timeout_s
-        if not job.stream:
-            return _relay_reply(await _unless_disconnected(
-                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive))
-        result = await self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id)
+        try:
+            if not job.stream:
+                return _relay_reply(await _unless_disconnected(
+                    self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive))
+            result = await self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id)
+        finally:
+            SharedAudioDir.remove(job.files)  # the engine has read them: its answer or first event is here
         if isinstance(result, UpstreamReply):
             return _relay_reply(result)
         return StreamingResponse(self._timed(result, start), media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -106,8 +111,11 @@ class Gateway:
         job = transcription_job(raw, model, prompt, language, temperature, self.settings)
         body = await self._ingest(job)
         deadline = start + self.settings.request_timeout_s
-        reply = await _unless_disconnected(self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id),
-                                           receive)
+        try:
+            reply = await _unless_disconnected(
+                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive)
+        finally:
+            SharedAudioDir.remove(job.files)
         if reply.status != 200:
             return _relay_reply(reply)
         try:
@@ -141,11 +149,11 @@ async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     raise ClientDisconnect()
 
 
-def _parse_and_finish(raw_body: bytes, settings: Settings) -> ChatJob:
+def _parse_and_finish(raw_body: bytes, settings: Settings, shared: SharedAudioDir | None) -> ChatJob:
     """In the ingest pool: parse, and finish too unless remote URLs must be fetched first."""
     job = parse_chat(raw_body, settings)
     if not any(ref.url is not None for ref in job.audio):
-        job.encoded = finish_chat(job, settings)
+        job.encoded = finish_chat(job, settings, shared)
     return job
 
 

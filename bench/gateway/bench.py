@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests" / "server"))
 from audio_synth import encode, speechlike  # noqa: E402
 
 from server import launcher  # noqa: E402
-from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_f32_base64  # noqa: E402
+from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_base64  # noqa: E402
 
 MODEL = "bench-model"
 
@@ -159,7 +160,7 @@ def ingest_section(n: int) -> None:
         raw = encode(np.repeat(speechlike(30.0, 48_000), channels, axis=1), 48_000, "mp3")
         b64 = base64.b64encode(raw).decode()
         ours = timed(lambda: decode_audio(decode_base64(b64, limits, "p"), limits, "p"), n)
-        fwd = timed(lambda: encode_wav_f32_base64(decode_audio(raw, limits, "p").samples), n) - \
+        fwd = timed(lambda: encode_wav_base64(decode_audio(raw, limits, "p").samples), n) - \
             timed(lambda: decode_audio(raw, limits, "p"), n)
 
         def sf_soxr() -> None:
@@ -181,7 +182,7 @@ def engine_cpu_section(engine_url: str, engine_proc: psutil.Process, n: int) -> 
     mp3 = encode(clip, 48_000, "mp3")
     limits = AudioLimits(50 << 20, 600, 0.1)
     forwarded = {"type": "input_audio", "input_audio": {
-        "data": encode_wav_f32_base64(decode_audio(mp3, limits, "p").samples), "format": "wav"}}
+        "data": encode_wav_base64(decode_audio(mp3, limits, "p").samples), "format": "wav"}}
     payloads = {"text only": body([], 1), "forwarded f32 WAV": body([forwarded], 1),
                 "direct 48k mp3": body([audio(mp3, "mp3")], 1)}
 
@@ -273,6 +274,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rate", type=int, default=16_000, help="sample rate of the 10 s FLAC")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: load,ingest,cpu,isolated")
+    ap.add_argument("--inline", action="store_true",
+                    help="forward clips to the engine as base64 inside the JSON (as to engines on other hosts) instead "
+                         "of as files in a shared tmpfs directory (what `alm serve` does on one host)")
     ap.add_argument("--pin", action="store_true",
                     help="deployment topology on one box: the whole engine on core 0, gateway and load generator on "
                          "core 1 (as when the gateway runs on its own host)")
@@ -291,6 +295,9 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
         print("pinned: engine on core 0; gateway and this load generator on core 1")
     procs = []
+    shared = launcher.make_shared_audio_dir()
+    env["ALM_SHARED_AUDIO_DIR"] = "" if args.inline else str(shared)  # for the gateway (engines ignore it)
+    print(f"gateway hands clips to the engine {'inline (base64)' if args.inline else 'as files in ' + str(shared)}")
     try:
         if "ingest" not in skip:
             ingest_section(10)
@@ -298,7 +305,7 @@ def main() -> None:
             isolation_section(args, env, logs)
         if skip >= {"load", "cpu"}:
             return
-        engine = [*engine_prefix, *launcher.engine_command(model, MODEL, eport, ())]
+        engine = [*engine_prefix, *launcher.engine_command(model, MODEL, eport, (), shared)]
         procs.append(start(engine, env, engine_url, "/health",
                            logs / "engine.log"))
         if "cpu" not in skip:
@@ -312,6 +319,7 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             launcher.stop_process(p)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 if __name__ == "__main__":

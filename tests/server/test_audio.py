@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from audio_synth import encode, tone
 
-from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_f32, encode_wav_f32_base64
+from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav, encode_wav_base64
 from server.errors import InvalidAudio, PayloadTooLarge
 
 LIMITS = AudioLimits(max_bytes=2_000_000, max_seconds=30.0, min_seconds=0.2)
@@ -66,15 +66,39 @@ def test_forward_format_is_lossless_for_vllm() -> None:
     from vllm.multimodal.media.audio import AudioMediaIO
 
     samples = np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1
-    loaded, rate = AudioMediaIO(audio_backend="soundfile").load_base64("audio/wav", encode_wav_f32_base64(samples))
+    loaded, rate = AudioMediaIO(audio_backend="soundfile").load_base64("audio/wav", encode_wav_base64(samples))
     assert rate == TARGET_RATE
     np.testing.assert_array_equal(loaded, samples)
 
 
 def test_wav_header_is_plain_ieee_float() -> None:
-    raw = encode_wav_f32(np.zeros(10, np.float32))
+    raw = encode_wav(np.zeros(10, np.float32))
     assert raw[:4] == b"RIFF" and raw[8:16] == b"WAVEfmt "
     assert struct.unpack_from("<HHI", raw, 20) == (3, 1, TARGET_RATE) and len(raw) == 44 + 40
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_16bit_16k_mono_is_forwarded_as_exact_pcm16(fmt: str) -> None:
+    """Already-normalised 16-bit input is kept as int16 (half the bytes of float32) and vLLM reads back exactly
+    the floats it would have read from the client's own file."""
+    from vllm.multimodal.media.audio import AudioMediaIO
+
+    raw = encode(tone(1.0), 16_000, fmt)
+    clip = decode_audio(raw, LIMITS, "p")
+    assert clip.samples.dtype == np.int16
+    forwarded = encode_wav(clip.samples)
+    assert struct.unpack_from("<HHIIHH", forwarded, 20) == (1, 1, TARGET_RATE, 2 * TARGET_RATE, 2, 16)
+    io = AudioMediaIO(audio_backend="soundfile")
+    loaded, rate = io.load_base64("audio/wav", encode_wav_base64(clip.samples))
+    direct, _ = io.load_base64(f"audio/{fmt}", base64.b64encode(raw).decode())
+    assert rate == TARGET_RATE
+    np.testing.assert_array_equal(loaded, direct)
+
+
+@pytest.mark.parametrize("rate,channels", [(16_000, 2), (22_050, 1)])
+def test_16bit_input_needing_conversion_becomes_float32(rate: int, channels: int) -> None:
+    clip = decode_audio(encode(tone(1.0, rate, channels), rate, "wav"), LIMITS, "p")
+    assert clip.samples.dtype == np.float32
 
 
 # ----------------------------------------------------------------------------------------------- rejections

@@ -85,6 +85,36 @@ def test_transcriptions(client: openai.OpenAI, engine_server, fmt: str) -> None:
     assert isinstance(text, str) and text
 
 
+def test_shared_dir_handoff_matches_inline(client: openai.OpenAI, engine_server, tmp_path) -> None:
+    """Same-host engines get clips as files (file:// URLs, as `alm serve` runs): the same greedy answers as
+    inline base64, streamed too, and no file outlives its request."""
+    shared = engine_server.shared_audio_dir
+    settings = load_settings(engine_urls=[engine_server.url], shared_audio_dir=str(shared),
+                             transcription_max_tokens=8, **LIMITS)
+    with serve(create_app(settings)) as url:
+        files = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        for parts in ([audio_part("wav", 2.0)], [audio_part("flac", 1.0), audio_part("mp3", 1.5, 48_000, 2)]):
+            a, b = (c.chat.completions.create(model=engine_server.model, messages=messages(*parts), max_tokens=6,
+                                              temperature=0) for c in (client, files))
+            assert (a.choices[0].message.content, a.usage.prompt_tokens) == \
+                (b.choices[0].message.content, b.usage.prompt_tokens)
+        stream = files.chat.completions.create(model=engine_server.model, messages=messages(audio_part("ogg")),
+                                               max_tokens=6, temperature=0, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        wav = encode(tone(1.5, 22_050, 2), 22_050, "wav")
+        assert files.audio.transcriptions.create(model=engine_server.model, file=("a.wav", wav)).text
+        with pytest.raises(openai.BadRequestError, match="NaN"):  # the first clip was written, then refused
+            files.chat.completions.create(model=engine_server.model, max_tokens=1,
+                                          messages=messages(audio_part(), audio_of(_nan_wav())))
+    assert list(shared.iterdir()) == []
+    # The engine really reads the files: a directory it was not given is refused by vLLM itself.
+    elsewhere = load_settings(engine_urls=[engine_server.url], shared_audio_dir=str(tmp_path), **LIMITS)
+    with serve(create_app(elsewhere)) as url:
+        resp = httpx.post(url + "/v1/chat/completions", timeout=60,
+                          json=chat_body(engine_server.model, audio_part(), max_tokens=1))
+        assert resp.status_code == 400 and "allowed-local-media-path" in resp.text
+
+
 # ----------------------------------------------------------------------------------------------- bad inputs
 
 
