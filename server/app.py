@@ -1,4 +1,4 @@
-"""``create_app(settings)``: the FastAPI app; its lifespan owns the httpx client, engine pool and ingest pool."""
+"""``create_app(settings)``: the FastAPI app; its lifespan owns the HTTP clients, engine pool and ingest pool."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from server.routes import chat, health, models, transcriptions
 from server.routing import EnginePool
 from server.service import Gateway
 from server.shared_audio import SharedAudioDir
-from server.upstream import Upstream
+from server.upstream import Upstream, engine_session
 
 log = logging.getLogger("server")
 
@@ -28,13 +28,13 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=30)
-        async with httpx.AsyncClient(limits=limits, timeout=settings.request_timeout_s) as client:
-            pool = EnginePool(settings, client, metrics)
+        # Engines on aiohttp (per-request CPU, see upstream.py); client audio URLs on httpx (server/fetch.py).
+        async with engine_session() as session, httpx.AsyncClient(timeout=settings.audio_url_timeout_s) as client:
+            pool = EnginePool(settings, session, metrics)
             executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="alm-ingest")
             shared = SharedAudioDir(settings.shared_audio_dir, settings.request_timeout_s + 60) \
                 if settings.shared_audio_dir else None
-            app.state.gateway = Gateway(settings, pool, Upstream(settings, pool, client, metrics), metrics,
+            app.state.gateway = Gateway(settings, pool, Upstream(settings, pool, session, metrics), metrics,
                                         client, executor, shared)
             await pool.check_all()
             tasks = [asyncio.create_task(pool.run_health_checks())]

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 
 from server.config import Settings
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
@@ -34,9 +34,9 @@ class Engine:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._settings = settings
-        self._client = client
+        self._session = session
         self._metrics = metrics
         self.engines: dict[str, Engine] = {}
         self.waiting = 0
@@ -80,15 +80,15 @@ class EnginePool:
     # ------------------------------------------------------------------ health
 
     async def check(self, engine: Engine) -> None:
-        timeout = self._settings.health_timeout_s
+        timeout = aiohttp.ClientTimeout(total=self._settings.health_timeout_s)
         try:
-            resp = await self._client.get(engine.url + "/health", timeout=timeout)
-            ok = resp.status_code == 200
+            async with self._session.get(engine.url + "/health", timeout=timeout) as resp:
+                ok = resp.status == 200
             if ok and (not engine.healthy or not engine.models):
-                models = await self._client.get(engine.url + "/v1/models", timeout=timeout)
-                models.raise_for_status()
-                engine.models = frozenset(m["id"] for m in models.json()["data"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                async with self._session.get(engine.url + "/v1/models", timeout=timeout) as models:
+                    models.raise_for_status()
+                    engine.models = frozenset(m["id"] for m in (await models.json(content_type=None))["data"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             ok = False
         if ok:
             engine.failures = 0

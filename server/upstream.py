@@ -3,6 +3,9 @@
 A request is re-sent to another engine only while nothing has reached the client: for plain requests until
 the engine's whole answer is in hand, for streams until the first SSE event has arrived. After that, a failed
 stream ends with one final SSE ``error`` event so clients never hang.
+
+Engine traffic goes through one aiohttp session: it costs ~0.15 ms of CPU per proxied request where httpx costs
+~0.7 ms (bench/gateway), and the gateway's CPU per request is what its throughput ratio hangs on.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import anyio
-import httpx
+import aiohttp
 
 from server.config import Settings
 from server.errors import GatewayError, GatewayTimeout, NoHealthyEngine, UpstreamError
@@ -38,26 +40,38 @@ class UpstreamReply:
     content_type: str
 
 
-def _kind(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
-    if isinstance(exc, httpx.ConnectError):
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+"""What a failed engine call raises (aiohttp's timeouts are both)."""
+
+
+def engine_session() -> aiohttp.ClientSession:
+    """The pooled HTTP client for engine traffic (requests and health checks); unbounded, kept-alive."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)):
         return "connect"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):  # closed without (all of) an answer
         return "protocol"
     return "read"
 
 
 class Upstream:
-    def __init__(self, settings: Settings, pool: EnginePool, client: httpx.AsyncClient, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, pool: EnginePool, session: aiohttp.ClientSession,
+                 metrics: Metrics) -> None:
         self._settings = settings
         self._pool = pool
-        self._client = client
+        self._session = session
         self._metrics = metrics
 
-    def _timeout(self, deadline: float) -> httpx.Timeout:
+    def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
+        """Up to the deadline to connect and for each read (a stream may outlive it while events keep coming)."""
         remaining = max(deadline - time.monotonic(), 0.001)
-        return httpx.Timeout(remaining, connect=min(self._settings.connect_timeout_s, remaining))
+        return aiohttp.ClientTimeout(total=None, connect=min(self._settings.connect_timeout_s, remaining),
+                                     sock_read=remaining)
 
     @staticmethod
     def _headers(request_id: str) -> dict[str, str]:
@@ -83,7 +97,7 @@ class Upstream:
             tried.add(engine.url)
             yield engine
 
-    def _failed(self, engine: Engine, exc: httpx.HTTPError, request_id: str) -> None:
+    def _failed(self, engine: Engine, exc: BaseException, request_id: str) -> None:
         kind = _kind(exc)
         self._metrics.upstream_errors.labels(kind).inc()
         log.warning("request %s: engine %s failed (%s: %s)", request_id, engine.name, kind, exc)
@@ -95,24 +109,21 @@ class Upstream:
         reply: UpstreamReply | None = None
         async for engine in self._engines(model, deadline):
             try:
-                resp = await self._client.post(engine.url + path, content=body, timeout=self._timeout(deadline),
-                                               headers=self._headers(request_id))
-            except httpx.TimeoutException as exc:
-                if time.monotonic() >= deadline:
+                async with self._session.post(engine.url + path, data=body, timeout=self._timeout(deadline),
+                                              headers=self._headers(request_id)) as resp:
+                    reply = UpstreamReply(resp.status, await resp.read(), _content_type(resp))
+            except TRANSPORT_ERRORS as exc:
+                if _kind(exc) == "timeout":  # each read may wait until the deadline: this is the deadline
                     raise GatewayTimeout("the request timed out") from None
-                self._failed(engine, exc, request_id)
-                continue
-            except httpx.HTTPError as exc:
                 self._failed(engine, exc, request_id)
                 continue
             finally:
                 self._pool.release(engine)
-            reply = UpstreamReply(resp.status_code, resp.content, resp.headers.get("content-type", "application/json"))
-            if resp.status_code not in RETRIABLE_STATUS:
+            if reply.status not in RETRIABLE_STATUS:
                 return reply
             self._metrics.upstream_errors.labels("status_5xx").inc()
-            log.warning("request %s: engine %s answered %s: %.500s", request_id, engine.name, resp.status_code,
-                        resp.text)
+            log.warning("request %s: engine %s answered %s: %.500r", request_id, engine.name, reply.status,
+                        reply.body)
         if reply is not None and reply.status < 500:
             return reply
         raise UpstreamError("no engine could complete the request")
@@ -122,62 +133,59 @@ class Upstream:
         """Open an SSE stream; returns an iterator of whole SSE events, or the engine's non-200 answer."""
         reply: UpstreamReply | None = None
         async for engine in self._engines(model, deadline):
-            resp: httpx.Response | None = None
+            resp: aiohttp.ClientResponse | None = None
             handed_over = False
             try:
-                req = self._client.build_request("POST", engine.url + path, content=body,
-                                                 timeout=self._timeout(deadline), headers=self._headers(request_id))
-                resp = await self._client.send(req, stream=True)
-                if resp.status_code != 200:
-                    await resp.aread()
-                    reply = UpstreamReply(resp.status_code, resp.content,
-                                          resp.headers.get("content-type", "application/json"))
-                    if resp.status_code not in RETRIABLE_STATUS:
+                resp = await self._session.post(engine.url + path, data=body, timeout=self._timeout(deadline),
+                                                headers=self._headers(request_id))
+                if resp.status != 200:
+                    reply = UpstreamReply(resp.status, await resp.read(), _content_type(resp))
+                    if resp.status not in RETRIABLE_STATUS:
                         return reply
                     self._metrics.upstream_errors.labels("status_5xx").inc()
                     continue
-                events = _sse_events(resp.aiter_raw())
+                events = _sse_events(resp.content.iter_any())
                 first = await anext(events)
                 handed_over = True
                 return self._relay(engine, resp, first, events, request_id)
-            except httpx.TimeoutException as exc:
-                if time.monotonic() >= deadline:
+            except TRANSPORT_ERRORS as exc:
+                if _kind(exc) == "timeout":  # each read may wait until the deadline: this is the deadline
                     raise GatewayTimeout("the request timed out") from None
                 self._failed(engine, exc, request_id)
-            except httpx.HTTPError as exc:
-                self._failed(engine, exc, request_id)
             except StopAsyncIteration:
-                self._failed(engine, httpx.RemoteProtocolError("empty stream"), request_id)
+                self._failed(engine, aiohttp.ServerDisconnectedError("empty stream"), request_id)
             finally:
                 if not handed_over:  # also on cancellation: never leak a slot or a connection
                     if resp is not None:
-                        with anyio.CancelScope(shield=True):
-                            await resp.aclose()
+                        resp.release()  # an unread answer closes the connection
                     self._pool.release(engine)
         if reply is not None and reply.status < 500:
             return reply
         raise UpstreamError("no engine could complete the request")
 
-    async def _relay(self, engine: Engine, resp: httpx.Response, first: bytes, events: AsyncIterator[bytes],
-                     request_id: str) -> AsyncIterator[bytes]:
+    async def _relay(self, engine: Engine, resp: aiohttp.ClientResponse, first: bytes,
+                     events: AsyncIterator[bytes], request_id: str) -> AsyncIterator[bytes]:
         try:
             yield first
             async for event in events:
                 yield event
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             self._metrics.upstream_errors.labels("stream_interrupted").inc()
-            log.warning("request %s: stream from engine %s broke: %s", request_id, engine.name, exc)
-            if not isinstance(exc, httpx.TimeoutException):
+            log.warning("request %s: stream from engine %s broke: %r", request_id, engine.name, exc)
+            timed_out = isinstance(exc, TimeoutError)
+            if not timed_out:
                 self._pool.eject(engine, "stream interrupted")
-            err = GatewayTimeout("the request timed out") if isinstance(exc, httpx.TimeoutException) \
-                else UpstreamError("the engine stream was interrupted")
-            yield sse_error(err)
+            yield sse_error(GatewayTimeout("the request timed out") if timed_out
+                            else UpstreamError("the engine stream was interrupted"))
         finally:
-            # Shielded: on client disconnect this runs inside a cancelled scope; closing the upstream
-            # connection is what makes vLLM abort the request.
-            with anyio.CancelScope(shield=True):
-                await resp.aclose()
+            # Synchronous, so it also runs inside a cancelled scope (client disconnect). The connection goes back
+            # to the pool only after a complete stream; an unfinished one is closed, which makes vLLM abort.
+            resp.release()
             self._pool.release(engine)
+
+
+def _content_type(resp: aiohttp.ClientResponse) -> str:
+    return resp.headers.get("content-type", "application/json")
 
 
 def sse_error(err: GatewayError) -> bytes:
@@ -194,4 +202,4 @@ async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield buf[:cut + 2]
             buf = buf[cut + 2:]
     if buf.strip():
-        raise httpx.RemoteProtocolError("stream ended inside an SSE event")
+        raise aiohttp.ClientPayloadError("stream ended inside an SSE event")

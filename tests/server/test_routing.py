@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import httpx
 import pytest
 from prometheus_client import generate_latest
 
@@ -13,10 +12,17 @@ from server.config import load_settings
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
 from server.routing import EnginePool
+from server.upstream import engine_session
+
+
+@pytest.fixture
+async def session():
+    async with engine_session() as s:
+        yield s
 
 
 def make_pool(urls: list[str], models: list[set[str]] | None = None, **overrides) -> EnginePool:
-    pool = EnginePool(load_settings(engine_urls=urls, **overrides), httpx.AsyncClient(), Metrics())
+    pool = EnginePool(load_settings(engine_urls=urls, **overrides), None, Metrics())  # type: ignore[arg-type]
     for engine, served in zip(pool.engines.values(), models or [{"m"}] * len(urls), strict=True):
         engine.models, engine.healthy = frozenset(served), True
     return pool
@@ -76,9 +82,9 @@ async def test_waiters_fail_when_engines_go_away() -> None:
         await waiter
 
 
-async def test_health_checks_eject_and_readmit(start_fake) -> None:
+async def test_health_checks_eject_and_readmit(start_fake, session) -> None:
     fake, url = start_fake(model="m")
-    pool = EnginePool(load_settings(engine_urls=[url], eject_after_failures=2), httpx.AsyncClient(), Metrics())
+    pool = EnginePool(load_settings(engine_urls=[url], eject_after_failures=2), session, Metrics())
     await pool.check_all()
     engine = pool.engines[url]
     assert engine.healthy and engine.models == {"m"}
@@ -92,11 +98,11 @@ async def test_health_checks_eject_and_readmit(start_fake) -> None:
     assert engine.healthy and pool.ready()
 
 
-async def test_dns_expansion(start_fake) -> None:
+async def test_dns_expansion(start_fake, session) -> None:
     _, url = start_fake(model="m")
     port = url.rsplit(":", 1)[1]
     pool = EnginePool(load_settings(engine_urls=[f"http://localhost:{port}"], engine_dns_expand=True),
-                      httpx.AsyncClient(), Metrics())
+                      session, Metrics())
     await pool.check_all()
     assert f"http://127.0.0.1:{port}" in pool.engines
     assert pool.engines[f"http://127.0.0.1:{port}"].healthy
@@ -113,7 +119,7 @@ async def test_dns_discovery_adds_replicas_and_drops_vanished_ones_with_their_se
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
     metrics = Metrics()
     pool = EnginePool(load_settings(engine_urls=["http://engine:8000"], engine_dns_expand=True),
-                      httpx.AsyncClient(), metrics)
+                      None, metrics)  # type: ignore[arg-type]  # discovery only: no HTTP
     await pool.discover()
     assert sorted(pool.engines) == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
     addresses.pop()
