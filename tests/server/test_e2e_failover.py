@@ -6,6 +6,7 @@ client yet), a stream that had started on the dead engine ends with an SSE error
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,9 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def doomed_engine(tiny_checkpoint, tmp_path_factory) -> EngineProcess:
-    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log")
+    last_core = str(max(os.sched_getaffinity(0)))  # vLLM binds the session engine to the first core
+    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log",
+                          cpu_bind=last_core)
     yield engine
     kill_tree(engine.proc)
 

@@ -12,7 +12,23 @@ import openai
 import psutil
 from audio_synth import audio_part, chat_body
 
+from server import launcher
 from server.launcher import free_port
+
+
+def test_cpu_engines_get_disjoint_cores(monkeypatch) -> None:
+    """vLLM's automatic binding pins every engine's model worker to the same core; alm serve splits them."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(launcher, "_cpu_build", lambda: True)
+    monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert launcher.cpu_binds(1) == [None]
+    assert launcher.cpu_binds(2) == ["0,1", "2,3"]
+    assert launcher.cpu_binds(6) == [None] * 6  # more engines than cores: leave it to vLLM
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-3")
+    assert launcher.cpu_binds(2) == [None, None]  # the operator's binding wins
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
+    monkeypatch.setattr(launcher, "_cpu_build", lambda: False)
+    assert launcher.cpu_binds(2) == [None, None]  # CUDA build: vLLM places GPU engines
 
 
 def test_run_stack_serves_then_drains(tiny_checkpoint, tmp_path) -> None:
