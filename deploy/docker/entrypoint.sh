@@ -16,6 +16,10 @@ engine)
         echo "alm-entrypoint: mount the weights directory at /models (compose: ALM_MODEL_DIR) and point ALM_MODEL_PATH at it." >&2
         exit 64
     fi
+    # A gateway on the same host hands clips over as files in ALM_SHARED_AUDIO_DIR: let vLLM read them.
+    if [ -n "${ALM_SHARED_AUDIO_DIR:-}" ]; then
+        set -- --allowed-local-media-path "${ALM_SHARED_AUDIO_DIR}" "$@"
+    fi
     # ALM_ENGINE_ARGS holds extra `vllm serve` flags from the env file and is word-split on purpose.
     # shellcheck disable=SC2086
     exec vllm serve "${ALM_MODEL_PATH}" \

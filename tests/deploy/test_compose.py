@@ -46,7 +46,8 @@ def bind_mounts(service: dict) -> dict[str, tuple[str, bool]]:
     for volume in service.get("volumes", []):
         if isinstance(volume, str):
             source, target, *mode = volume.split(":")
-            mounts[target] = (source, mode == ["ro"])
+            if source.startswith(("/", ".")):  # else a named volume
+                mounts[target] = (source, mode == ["ro"])
         elif volume.get("type") == "bind":
             mounts[volume["target"]] = (volume["source"], bool(volume.get("read_only")))
     return mounts
@@ -142,3 +143,11 @@ def test_env_file_loads_into_gateway_settings(monkeypatch: pytest.MonkeyPatch):
     settings = load_settings()
     assert settings.engine_urls == ["http://engine:8000"] and settings.engine_dns_expand
     assert settings.api_keys == []
+
+
+def test_gateway_hands_clips_to_engines_through_a_shared_tmpfs_volume():
+    config = resolved()
+    for name in ("engine", "gateway"):
+        assert "alm-audio:/alm-audio:rw" in config["services"][name]["volumes"]
+    assert config["volumes"]["alm-audio"]["driver_opts"]["type"] == "tmpfs"
+    assert env_file_values()["ALM_SHARED_AUDIO_DIR"] == "/alm-audio"

@@ -145,6 +145,13 @@ def test_entrypoint_engine_role_runs_vllm_serve(fake_bin: Path, tmp_path: Path):
     ]  # fmt: skip
 
 
+def test_entrypoint_engine_reads_the_shared_audio_dir(fake_bin: Path, tmp_path: Path):
+    (tmp_path / "config.json").write_text("{}")
+    result = run_entrypoint(fake_bin, "engine", ALM_MODEL_PATH=str(tmp_path), ALM_SHARED_AUDIO_DIR="/alm-audio")
+    argv = result.stdout.split()
+    assert result.returncode == 0 and argv[argv.index("--allowed-local-media-path") + 1] == "/alm-audio"
+
+
 def test_entrypoint_engine_without_weights_says_what_to_mount(fake_bin: Path, tmp_path: Path):
     result = run_entrypoint(fake_bin, "engine", ALM_MODEL_PATH=str(tmp_path / "absent"))
     assert result.returncode == 64
