@@ -123,7 +123,8 @@ def _locate(part, i: int, j: int, where: str, limits: AudioLimits, settings: Set
 def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None = None) -> bytes:
     """Decode every clip (raises typed 4xx errors), swap it into the body as a WAV; return the engine JSON.
 
-    Each clip goes to the engine as a file in ``shared`` (a ``file://`` URL) when given, else inline as base64.
+    Each clip goes to the engine as a file in ``shared`` (a ``file://`` URL) when given and writable, else
+    inline as base64.
     Inline, the megabyte-sized base64 strings are spliced into the serialised JSON rather than run through the
     JSON encoder (base64 needs no escaping; the encoder would cost ~3 ms per 10 s of audio).
     """
@@ -135,8 +136,9 @@ def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None 
         for ref in job.audio:
             clip = decode_audio(ref.raw or b"", limits, ref.param)
             job.clips.append(clip)
-            if shared is not None:
-                path, url = shared.write(clip.samples)
+            handed = shared.try_write(clip.samples) if shared is not None else None
+            if handed is not None:
+                path, url = handed
                 job.files.append(path)
                 part: dict = {"type": "audio_url", "audio_url": {"url": url}}
             else:

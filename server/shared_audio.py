@@ -39,6 +39,15 @@ class SharedAudioDir:
         path.write_bytes(encode_wav(samples))
         return path, path.as_uri()
 
+    def try_write(self, samples: np.ndarray) -> tuple[Path, str] | None:
+        """``write``, or None when the directory refuses (full tmpfs, removed, permissions): the caller then
+        sends the clip inline, so a full disk costs bytes on the wire, never a failed request."""
+        try:
+            return self.write(samples)
+        except OSError as exc:
+            log.warning("cannot write a clip to %s (%s); sending it inline", self.root, exc)
+            return None
+
     @staticmethod
     def remove(paths: list[Path]) -> None:
         for path in paths:
@@ -59,7 +68,11 @@ class SharedAudioDir:
 
     async def run_sweeper(self) -> None:
         while True:
-            removed = await asyncio.to_thread(self.sweep)
-            if removed:
-                log.warning("removed %d stale clip file(s) from %s", removed, self.root)
+            try:
+                removed = await asyncio.to_thread(self.sweep)
+            except OSError as exc:  # the directory itself is gone or unreadable: keep trying
+                log.warning("cannot sweep %s: %s", self.root, exc)
+            else:
+                if removed:
+                    log.warning("removed %d stale clip file(s) from %s", removed, self.root)
             await asyncio.sleep(SWEEP_INTERVAL_S)

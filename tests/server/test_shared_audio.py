@@ -44,3 +44,14 @@ def test_sweep_removes_only_stale_clip_files(tmp_path: Path) -> None:
     os.utime(old, (time.time() - 120, time.time() - 120))
     assert shared.sweep() == 1
     assert sorted(tmp_path.iterdir()) == sorted([fresh, other])
+
+
+def test_an_unwritable_dir_falls_back_to_inline(start_fake, start_gateway, tmp_path: Path) -> None:
+    engine, engine_url = start_fake(model="m")
+    shared = tmp_path / "shared"
+    url = start_gateway([engine_url], shared_audio_dir=str(shared))
+    shared.rmdir()  # e.g. a tmpfs unmounted under the gateway; a full one fails the same way (OSError)
+    resp = httpx.post(url + "/v1/chat/completions", timeout=30, json=chat_body("m", audio_part("wav")))
+    assert resp.status_code == 200, resp.text
+    (part, _text) = engine.bodies[-1]["messages"][0]["content"]
+    assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
