@@ -70,21 +70,39 @@ def engine_command(model: Path, name: str, port: int, extra: tuple[str, ...],
     return cmd + list(extra)
 
 
-def cpu_binds(engines: int) -> list[str | None]:
-    """On the CPU build, one disjoint core list per engine for ``VLLM_CPU_OMP_THREADS_BIND``.
+@dataclass
+class CpuPlan:
+    """Where each process may run on a CPU-only host; None leaves it to the OS and vLLM."""
 
-    vLLM's automatic binding knows of no other engine on the host: every replica pins its model worker to the
-    same core (measured: two engines on a 2-core host both bound core 0; one decoded 15x fewer tokens). ``None``
-    keeps vLLM's choice: one engine, the CUDA build, or a binding the operator set.
+    engines: list[list[int] | None]
+    """Per engine: the cores of its whole process tree (API server, scheduler, model worker)."""
+    workers: list[str | None]
+    """Per engine: ``VLLM_CPU_OMP_THREADS_BIND`` for its model worker, inside its cores."""
+    gateway: list[int] | None
+
+
+def cpu_plan(engines: int) -> CpuPlan:
+    """On the CPU build, give each engine cores of its own and the gateway the last core.
+
+    vLLM's automatic binding knows of no other process: every replica pins its model worker to the same core
+    (two engines on a 2-core host both bound core 0; one decoded 15x fewer tokens), and its API server, the
+    gateway and anything else may land on the worker's core (one engine on 2 cores: 39-70 req/s from run to run
+    left alone, 88 req/s with the engine on core 0 and the gateway on core 1; bench/gateway --pin). Within an
+    engine's share of two or more cores, one stays free of model threads for its own front end, as vLLM does.
+    Nothing is pinned on the CUDA build, with more engines than cores, or when the operator set a binding.
     """
-    if engines == 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or not _cpu_build():
-        return [None] * engines
+    leave = CpuPlan([None] * engines, [None] * engines, None)
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or not _cpu_build():
+        return leave
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < engines:
         print(f"alm: {engines} engines on {len(cpus)} CPU(s): they will share cores", file=sys.stderr)
-        return [None] * engines
-    per = len(cpus) // engines
-    return [",".join(str(c) for c in cpus[i * per:(i + 1) * per]) for i in range(engines)]
+        return leave
+    spare = len(cpus) > engines  # then the last core, and any left over by the even split, go to the gateway
+    per = (len(cpus) - spare) // engines
+    shares = [cpus[i * per:(i + 1) * per] for i in range(engines)]
+    workers = [",".join(map(str, share[:-1] if len(share) > 1 else share)) for share in shares]
+    return CpuPlan(list(shares), list(workers), cpus[engines * per:] if spare else None)
 
 
 def make_shared_audio_dir() -> Path:
@@ -93,10 +111,13 @@ def make_shared_audio_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="alm-audio-", dir=base))
 
 
-def _spawn(name: str, cmd: list[str], url: str, env: dict[str, str], log_path: Path | None) -> Child:
+def _spawn(name: str, cmd: list[str], url: str, env: dict[str, str], log_path: Path | None,
+           cpus: list[int] | None = None) -> Child:
     out = open(log_path, "ab") if log_path else None
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            start_new_session=True)  # Ctrl-C reaches only us; we stop children in order
+                            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+                            preexec_fn=pin)
     return Child(name, proc, url, log_path)
 
 
@@ -159,13 +180,14 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
     shared = make_shared_audio_dir()  # engines and gateway share this host: clips go over as files
     children: list[Child] = []
     try:
-        for i, bind in enumerate(cpu_binds(engines)):
+        plan = cpu_plan(engines)
+        for i, (cores, worker) in enumerate(zip(plan.engines, plan.workers, strict=True)):
             eport = free_port()
             log_path = log_dir / f"engine-{i}.log"
-            engine_env = env if bind is None else {**env, "VLLM_CPU_OMP_THREADS_BIND": bind}
+            engine_env = env if worker is None else {**env, "VLLM_CPU_OMP_THREADS_BIND": worker}
             children.append(_spawn(f"engine-{i}", engine_command(model, name, eport, engine_args, shared),
-                                   f"http://127.0.0.1:{eport}", engine_env, log_path))
-            print(f"alm: engine-{i} starting on 127.0.0.1:{eport}" + (f", model worker on CPU(s) {bind}" if bind else "")
+                                   f"http://127.0.0.1:{eport}", engine_env, log_path, cores))
+            print(f"alm: engine-{i} starting on 127.0.0.1:{eport}" + (f", CPU(s) {cores}" if cores else "")
                   + f" (log: {log_path})", flush=True)
         for child in children:
             if not _wait_ok(child, "/health", stopping, START_TIMEOUT_S):
@@ -175,7 +197,8 @@ def run_stack(model: Path | None, port: int, engines: int = 1, *, host: str = "1
         gateway = _spawn("gateway", [sys.executable, "-m", "uvicorn", "server.app:app_from_env", "--factory",
                                      "--host", host, "--port", str(port), "--no-access-log",
                                      "--timeout-graceful-shutdown", str(int(drain_timeout_s))],
-                         f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", gw_env, None)
+                         f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", gw_env, None,
+                         plan.gateway)
         children.append(gateway)
         if not _wait_ok(gateway, "/ready", stopping, 120):
             return 0 if stopping[0] else 1

@@ -16,19 +16,24 @@ from server import launcher
 from server.launcher import free_port
 
 
-def test_cpu_engines_get_disjoint_cores(monkeypatch) -> None:
-    """vLLM's automatic binding pins every engine's model worker to the same core; alm serve splits them."""
+def test_cpu_plan_gives_engines_and_gateway_cores_of_their_own(monkeypatch) -> None:
+    """vLLM's automatic binding pins every engine's model worker to the same core and lets everything else land
+    on it; alm serve splits the host."""
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.setattr(launcher, "_cpu_build", lambda: True)
-    monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
-    assert launcher.cpu_binds(1) == [None]
-    assert launcher.cpu_binds(2) == ["0,1", "2,3"]
-    assert launcher.cpu_binds(6) == [None] * 6  # more engines than cores: leave it to vLLM
+    cores = [0, 1]
+    monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: set(cores))
+    assert launcher.cpu_plan(1) == launcher.CpuPlan([[0]], ["0"], [1])  # this machine: engine | gateway
+    assert launcher.cpu_plan(2) == launcher.CpuPlan([[0], [1]], ["0", "1"], None)
+    assert launcher.cpu_plan(3) == launcher.CpuPlan([None] * 3, [None] * 3, None)  # more engines than cores
+    cores[:] = range(8)
+    # Two cores or more per engine: one of them stays free of model threads for the engine's front end.
+    assert launcher.cpu_plan(2) == launcher.CpuPlan([[0, 1, 2], [3, 4, 5]], ["0,1", "3,4"], [6, 7])
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-3")
-    assert launcher.cpu_binds(2) == [None, None]  # the operator's binding wins
+    assert launcher.cpu_plan(1) == launcher.CpuPlan([None], [None], None)  # the operator's binding wins
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
     monkeypatch.setattr(launcher, "_cpu_build", lambda: False)
-    assert launcher.cpu_binds(2) == [None, None]  # CUDA build: vLLM places GPU engines
+    assert launcher.cpu_plan(1).gateway is None  # CUDA build: nothing pinned
 
 
 def test_run_stack_serves_then_drains(tiny_checkpoint, tmp_path) -> None:
