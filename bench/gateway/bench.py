@@ -286,8 +286,8 @@ def main() -> None:
                     help="forward clips to the engine as base64 inside the JSON (as to engines on other hosts) instead "
                          "of as files in a shared tmpfs directory (what `alm serve` does on one host)")
     ap.add_argument("--pin", action="store_true",
-                    help="deployment topology on one box: the whole engine on core 0, gateway and load generator on "
-                         "core 1 (as when the gateway runs on its own host)")
+                    help="the whole engine on core 0, gateway and load generator on core 1 (where `alm serve` puts "
+                         "engine and gateway on a 2-core CPU host)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     logs = launcher.cache_dir() / "bench"
