@@ -1,7 +1,8 @@
 """``alm serve``: one machine, N vLLM engine replicas (with our plugin) and the gateway, supervised.
 
 Start-up: engines (each in its own session, logs to files) → wait healthy → gateway (uvicorn) → wait ready →
-print the URL. Gateway and engines share a tmpfs directory, so clips go to the engines as files, not base64.
+print the URL. Gateway and engines share a tmpfs directory, so clips go to the engines as files, not base64;
+on a CPU-only host each engine and the gateway get cores of their own (``cpu_plan``).
 Ctrl-C / SIGTERM: the gateway drains its in-flight requests first, then the engines stop;
 a child that does not stop in time is killed with its whole process group.
 """
@@ -102,7 +103,7 @@ def cpu_plan(engines: int) -> CpuPlan:
     per = (len(cpus) - spare) // engines
     shares = [cpus[i * per:(i + 1) * per] for i in range(engines)]
     workers = [",".join(map(str, share[:-1] if len(share) > 1 else share)) for share in shares]
-    return CpuPlan(list(shares), list(workers), cpus[engines * per:] if spare else None)
+    return CpuPlan(shares, workers, cpus[engines * per:] if spare else None)  # type: ignore[arg-type]
 
 
 def make_shared_audio_dir() -> Path:
