@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,15 +123,12 @@ def _spawn(name: str, cmd: list[str], url: str, env: dict[str, str], log_path: P
     return Child(name, proc, url, log_path)
 
 
-def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) -> bool:
+def wait_ok(proc: subprocess.Popen, url: str, timeout_s: float, stop: Callable[[], bool] = lambda: False) -> bool:
+    """Poll ``url`` until it answers 200 → True; False once ``proc`` has exited, ``stop()`` or the timeout."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stopping[0]:
-        if child.proc.poll() is not None:
-            print(f"alm: {child.name} exited with {child.proc.returncode}"
-                  + (f"; see {child.log_path}" if child.log_path else ""), file=sys.stderr, flush=True)
-            return False
+    while time.monotonic() < deadline and not stop() and proc.poll() is None:
         try:
-            if httpx.get(child.url + path, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
@@ -138,15 +136,26 @@ def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) ->
     return False
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM a child started in its own session (and its whole process group), SIGKILL after timeout_s."""
+def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) -> bool:
+    if wait_ok(child.proc, child.url + path, timeout_s, lambda: stopping[0]):
+        return True
+    if child.proc.poll() is not None:
+        print(f"alm: {child.name} exited with {child.proc.returncode}"
+              + (f"; see {child.log_path}" if child.log_path else ""), file=sys.stderr, flush=True)
+    return False
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S, *, group: bool = True) -> None:
+    """SIGTERM, SIGKILL after ``timeout_s``. ``group``: the child was started in its own session, so signal its
+    whole process group; else only the child (it shares our group)."""
     if proc.poll() is not None:
         return
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        send(signal.SIGTERM)
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        send(signal.SIGKILL)
         proc.wait()
     except ProcessLookupError:
         pass

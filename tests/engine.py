@@ -2,13 +2,10 @@
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from server.launcher import engine_command, free_port
+from server.launcher import engine_command, free_port, stop_process, wait_ok
 
 SERVED_MODEL = "tiny-midashenglm"
 ENGINE_START_TIMEOUT_S = 420
@@ -33,13 +30,7 @@ class EngineProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30, group=False)  # started in the test's own process group
 
 
 def start_engine(
@@ -55,15 +46,9 @@ def start_engine(
     env = engine_env() if cpu_bind is None else {**engine_env(), "VLLM_CPU_OMP_THREADS_BIND": cpu_bind}
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path, shared_audio_dir)
-    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited with {proc.returncode}:\n{engine.log()[-4000:]}")
-        try:
-            if httpx.get(f"{engine.url}/health", timeout=2).status_code == 200:
-                return engine
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    if wait_ok(proc, f"{engine.url}/health", ENGINE_START_TIMEOUT_S):
+        return engine
+    if proc.poll() is not None:
+        raise RuntimeError(f"engine exited with {proc.returncode}:\n{engine.log()[-4000:]}")
     engine.stop()
     raise RuntimeError(f"engine not healthy after {ENGINE_START_TIMEOUT_S} s:\n{engine.log()[-4000:]}")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from server.launcher import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 600
 
@@ -134,12 +136,7 @@ class Worker:
             self.proc.stdin.flush()
             self.proc.wait(timeout=60)
         except (OSError, subprocess.TimeoutExpired):
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 30, group=False)
 
 
 def engine_worker(

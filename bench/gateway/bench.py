@@ -49,16 +49,11 @@ MODEL = "bench-model"
 
 def start(cmd: list[str], env: dict, url: str, path: str, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{' '.join(cmd[:6])} exited; see {log}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    if launcher.wait_ok(proc, url + path, 900):
+        return proc
+    if proc.poll() is not None:
+        sys.exit(f"{' '.join(cmd[:6])} exited; see {log}")
+    launcher.stop_process(proc)
     sys.exit(f"timeout starting {cmd}")
 
 

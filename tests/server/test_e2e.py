@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 
 import httpx
 import numpy as np
@@ -12,6 +11,7 @@ import openai
 import pytest
 from audio_synth import audio_part, chat_body, encode, tone
 from fakes import serve
+from waiting import wait_until
 
 from server.app import create_app
 from server.config import load_settings
@@ -213,14 +213,6 @@ def engine_metric(engine_url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def wait_until(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
-
-
 LONG = dict(max_tokens=7000, extra_body={"ignore_eos": True})
 
 
@@ -234,7 +226,7 @@ def test_disconnect_mid_stream_aborts_engine_request(client: openai.OpenAI, engi
             break
     assert engine_metric(engine_server.url, "vllm:num_requests_running") == 1
     stream.close()
-    wait_until(lambda: engine_metric(engine_server.url, "vllm:num_requests_running") == 0)
+    wait_until(lambda: engine_metric(engine_server.url, "vllm:num_requests_running") == 0, 60, 0.05)
     # aborted, not finished: far fewer than the 7000 tokens asked for were generated
     assert engine_metric(engine_server.url, tokens) - before < LONG["max_tokens"] / 2
 
@@ -249,7 +241,7 @@ def test_overload_is_429(engine_server) -> None:
             sdk.chat.completions.create(model=engine_server.model, messages=messages(), max_tokens=1)
         assert info.value.response.headers["retry-after"] == "1"
         stream.close()
-        wait_until(lambda: engine_metric(engine_server.url, "vllm:num_requests_running") == 0)
+        wait_until(lambda: engine_metric(engine_server.url, "vllm:num_requests_running") == 0, 60, 0.05)
         assert sdk.chat.completions.create(model=engine_server.model, messages=messages(), max_tokens=1).usage
 
 

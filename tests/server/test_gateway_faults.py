@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -18,20 +17,13 @@ import pytest
 import soundfile as sf
 from audio_synth import audio_part, chat_body, encode, tone
 from fakes import FakeEngine, serve
+from waiting import wait_until
 
 from server.audio import decode_audio
 from server.config import load_settings
 from server.prepare import limits_of
 
 M = "fake-model"
-
-
-def wait_until(predicate, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
 
 
 def error_of(resp: httpx.Response) -> dict:
