@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+DEFAULT_MAX_NUM_SEQS = 256
+"""What the gateway assumes an engine batches when ``ALM_MAX_NUM_SEQS`` is unset (vLLM's default on most GPUs)."""
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -35,15 +37,39 @@ class Settings(BaseSettings):
     """Consecutive failed health checks before an engine is ejected (a failed request ejects at once)."""
 
     # --- load and time limits ---
-    max_inflight_per_engine: int = Field(16, ge=1)
+    max_inflight_per_engine: int = Field(0, ge=0)
+    """Requests admitted to one engine at once, counting those the engine reports from other gateways
+    (``engine_load_metrics``). 0 → ``max_num_seqs + engine_max_waiting``: the engine's batch plus a short queue
+    inside vLLM; a positive value overrides that."""
     max_queue: int = Field(64, ge=0)
-    """Requests that may wait for a free engine slot; beyond that → 429."""
+    """Requests that may wait in the gateway for a free engine slot (bursts beyond every engine's batch and
+    queue); beyond that → 429."""
     retry_after_s: int = Field(1, ge=0)
     request_timeout_s: float = Field(600.0, gt=0)
     """End-to-end deadline per request (queueing included) → 504."""
     connect_timeout_s: float = Field(3.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     """Engines tried per request while nothing has been sent to the client."""
+
+    # --- engine load ---
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Sequences one engine batches: vLLM's ``--max-num-seqs``, the same ``ALM_MAX_NUM_SEQS`` the engine contract
+    (alm/engine.py) starts engines with; vLLM 0.32 does not publish it (only its dev-mode ``/server_info``).
+    Unset → 256 is assumed, vLLM's default on most GPUs (its CPU build: 128; GPUs of 70 GiB and more: 1024)."""
+    engine_max_waiting: int = Field(8, ge=0)
+    """Requests admitted per engine beyond its batch. They wait inside vLLM, which adds each to the batch as
+    soon as a sequence ends and counts it in ``vllm:num_requests_waiting`` (the engine HPA's metric): keep it
+    above the HPA's target (4 per engine in deploy/k8s/engine-hpa.yaml) or the HPA never scales."""
+    engine_load_metrics: bool = True
+    """Every health round, read ``vllm:num_requests_running`` and ``vllm:num_requests_waiting`` from each
+    engine's ``/metrics``: routing and admission then count every gateway's requests, not only this one's."""
+    engine_metrics_max_bytes: int = Field(4 * MiB, ge=4096)
+    """Most of an engine's ``/metrics`` answer read per round (reading stops once both series are in hand)."""
+
+    # --- upstream ---
+    max_sse_event_bytes: int = Field(4 * MiB, ge=1024)
+    """Largest SSE event relayed from an engine (bounds the gateway's buffer per stream); a larger one, or that
+    much without an event end, ends the client's stream with an error event."""
 
     # --- auth ---
     api_keys: CommaList = Field(default_factory=list)
@@ -53,6 +79,15 @@ class Settings(BaseSettings):
     max_audio_bytes: int = Field(25 * MiB, gt=0)
     max_audio_seconds: float = Field(600.0, gt=0)
     min_audio_seconds: float = Field(0.2, ge=0)
+    max_audio_channels: int = Field(8, ge=1, le=64)
+    """Channels per clip (8: up to 7.1 surround); more → 400."""
+    max_audio_source_rate: int = Field(192_000, ge=8_000, le=768_000)
+    """Highest source sample rate (Hz) decoded; higher → 400."""
+    max_audio_source_samples: int = Field(0, ge=0)
+    """Decoded samples × channels per clip, checked from the header and while decoding (bounds decompression
+    bombs); 0 → (max_audio_seconds + 1) × 96,000, i.e. ten minutes of 48 kHz stereo at the defaults."""
+    audio_decode_timeout_s: float = Field(20.0, gt=0)
+    """Decode time per clip; longer → 400 audio_decode_timeout."""
     max_clips_per_request: int = Field(4, ge=1)
     ingest_threads: int = Field(4, ge=1)
     shared_audio_dir: str = ""
@@ -66,6 +101,33 @@ class Settings(BaseSettings):
     audio_url_timeout_s: float = Field(10.0, gt=0)
     audio_url_allow_private: bool = False
     """Also allow loopback/private/link-local targets (on-prem media servers only)."""
+
+    # --- request limits ---
+    max_text_body_bytes: int = Field(2 * MiB, ge=64 * 1024)
+    """Largest request JSON once its base64 audio strings are left out (→ 413; the whole body stays within
+    ``max_body_bytes``). It also caps how many JSON
+    values any body may hold (one per 4 bytes of this limit, counted from the raw bytes before parsing), so
+    neither a text body nor a body carrying audio can make the parser build millions of objects."""
+    max_body_bytes_in_flight: int = Field(0, ge=0)
+    """Bytes of request bodies (those over 64 KiB) being read or processed at once, all requests together;
+    beyond it → 429 with Retry-After. 0 → twice the largest chat body."""
+    body_read_timeout_s: float = Field(30.0, gt=0)
+    """Grace period for reading a request body; after it the body must keep arriving at
+    ``body_min_rate_bytes_s`` on average (counted from the start), else → 408."""
+    body_min_rate_bytes_s: int = Field(64 * 1024, gt=0)
+
+    # --- HTTP server (alm gateway; server/http_server.py) ---
+    http_max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Request line + headers of one request; more → 431 and the connection is closed."""
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    """From a request's first byte to the end of its headers; slower → 408 and the connection is closed."""
+    http_keep_alive_timeout_s: float = Field(5.0, gt=0)
+    """An idle connection (before its first request or between requests) is closed after this. Behind a load
+    balancer that reuses connections, set it above the balancer's idle timeout."""
+    http_max_connections: int = Field(1024, ge=2)
+    """Open connections (and requests in flight) at once; a request beyond it gets uvicorn's 503 (overload)."""
+    graceful_shutdown_s: int = Field(30, ge=0)
+    """On SIGTERM: seconds in-flight requests get to finish before the gateway stops."""
 
     # --- transcriptions ---
     transcription_prompt: str = "Transcribe the audio."
@@ -96,6 +158,23 @@ class Settings(BaseSettings):
     def max_body_bytes(self) -> int:
         """Largest request body accepted: every clip at its byte limit in base64, plus slack."""
         return self.max_clips_per_request * (4 * self.max_audio_bytes // 3 + 4) + MiB
+
+    @model_validator(mode="after")
+    def _check_request_limits(self) -> Settings:
+        if 0 < self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight must be 0 or at least the largest chat body ({self.max_body_bytes} bytes)"
+            )
+        return self
+
+    @property
+    def body_bytes_in_flight(self) -> int:
+        return self.max_body_bytes_in_flight or 2 * self.max_body_bytes
+
+    @property
+    def engine_capacity(self) -> int:
+        """Requests one engine is given at once (running in its batch + waiting inside it)."""
+        return self.max_inflight_per_engine or (self.max_num_seqs or DEFAULT_MAX_NUM_SEQS) + self.engine_max_waiting
 
 
 def load_settings(**overrides: object) -> Settings:

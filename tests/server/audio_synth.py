@@ -37,7 +37,8 @@ def speechlike(seconds: float = 10.0, rate: int = 16_000, seed: int = 0) -> np.n
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
-    """(frames, channels) float32 → file bytes: wav/flac/ogg via libsndfile, mp3/m4a (AAC) via PyAV."""
+    """(frames, channels) float32 → file bytes: wav/flac/ogg via libsndfile, mp3/m4a (AAC)/aac (ADTS)/webm (Opus,
+    48 kHz only) via PyAV."""
     if fmt in _AV_FORMATS:
         return _encode_av(samples, rate, fmt)
     container, subtype = _SF_FORMATS[fmt]
@@ -46,7 +47,12 @@ def encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-_AV_FORMATS = {"mp3": ("mp3", "libmp3lame"), "m4a": ("ipod", "aac")}
+_AV_FORMATS = {
+    "mp3": ("mp3", "libmp3lame"),
+    "m4a": ("ipod", "aac"),
+    "aac": ("adts", "aac"),
+    "webm": ("webm", "libopus"),
+}
 
 
 def _encode_av(samples: np.ndarray, rate: int, fmt: str) -> bytes:
@@ -57,8 +63,7 @@ def _encode_av(samples: np.ndarray, rate: int, fmt: str) -> bytes:
     container, codec = _AV_FORMATS[fmt]
     with av.open(buf, mode="w", format=container) as out:
         stream = out.add_stream(codec, rate=rate, layout="mono" if channels == 1 else "stereo")
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp",
-                                           layout=stream.layout.name)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp", layout=stream.layout.name)
         frame.sample_rate = rate
         for packet in stream.encode(frame):
             out.mux(packet)

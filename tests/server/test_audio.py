@@ -37,10 +37,11 @@ def test_decodes_to_16k_mono_float32(fmt: str, rate: int, channels: int) -> None
 
 
 @pytest.mark.parametrize("channels", [1, 2])
-def test_aac_m4a_falls_back_to_pyav(channels: int) -> None:
-    """libsndfile cannot read AAC in MP4; the FFmpeg fallback does, with the same normalisation."""
-    clip = decode_audio(encode(tone(1.0, 44_100, channels), 44_100, "m4a"), LIMITS, "p")
-    assert clip.source_rate == 44_100 and clip.source_channels == channels
+@pytest.mark.parametrize(("fmt", "rate"), [("m4a", 44_100), ("aac", 44_100), ("webm", 48_000)])
+def test_ffmpeg_containers(fmt: str, rate: int, channels: int) -> None:
+    """libsndfile cannot read AAC (in MP4 or ADTS) or Opus in WebM; FFmpeg does, with the same normalisation."""
+    clip = decode_audio(encode(tone(1.0, rate, channels), rate, fmt), LIMITS, "p")
+    assert clip.source_rate == rate and clip.source_channels == channels
     assert abs(clip.seconds - 1.0) < 0.1
     assert abs(dominant_hz(clip.samples) - 440.0) < 5.0 or channels == 2
 
@@ -115,11 +116,12 @@ def bad_inputs() -> list:
     flac = encode(tone(1.0), 16_000, "flac")
     return [
         pytest.param(b"", "audio_empty", id="empty"),
-        pytest.param(good[:60], "invalid_audio", id="truncated-wav-60-bytes"),
-        pytest.param(good[: len(good) // 2], "invalid_audio", id="truncated-wav-half"),
-        pytest.param(flac[: len(flac) // 2], "invalid_audio", id="truncated-flac"),
+        pytest.param(good[:60], "audio_too_short", id="truncated-wav-60-bytes"),  # 8 frames present
+        pytest.param(good[:44], "audio_empty", id="wav-header-only"),
+        pytest.param(flac[:200], "audio_empty", id="flac-headers-only"),
         pytest.param(b"RIFF\x00\x00\x00\x00garbage" * 10, "invalid_audio", id="corrupt-riff"),
         pytest.param(np.random.default_rng(1).bytes(4000), "invalid_audio", id="random-bytes"),
+        pytest.param(b"RIFF\x00\x00\x00\x00WAVEfmt " + bytes(100), "invalid_audio", id="wav-zero-fmt"),
         pytest.param(b"hello, this is text", "invalid_audio", id="text"),
         pytest.param(wav(np.zeros((0, 1), np.float32)), "audio_empty", id="zero-samples"),
         pytest.param(encode_wav_float(nan, 16_000), "audio_not_finite", id="nan"),
@@ -143,8 +145,9 @@ def test_oversize_is_413() -> None:
     assert (info.value.status, info.value.code) == (413, "audio_too_large")
 
 
-@pytest.mark.parametrize(("data", "code"), [("", "audio_empty"), ("not base64!!", "invalid_base64"),
-                                            ("QUJD=QUJD", "invalid_base64")])
+@pytest.mark.parametrize(
+    ("data", "code"), [("", "audio_empty"), ("not base64!!", "invalid_base64"), ("QUJD=QUJD", "invalid_base64")]
+)
 def test_bad_base64(data: str, code: str) -> None:
     with pytest.raises(InvalidAudio) as info:
         decode_base64(data, LIMITS, "p")
