@@ -32,16 +32,24 @@ def create_app(settings: Settings) -> FastAPI:
         async with engine_session() as session, httpx.AsyncClient(timeout=settings.audio_url_timeout_s) as client:
             pool = EnginePool(settings, session, metrics)
             executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="alm-ingest")
-            shared = SharedAudioDir(settings.shared_audio_dir, settings.request_timeout_s + 60) \
-                if settings.shared_audio_dir else None
-            app.state.gateway = Gateway(settings, pool, Upstream(settings, pool, session, metrics), metrics,
-                                        client, executor, shared)
+            shared = (
+                SharedAudioDir(settings.shared_audio_dir, settings.request_timeout_s + 60)
+                if settings.shared_audio_dir
+                else None
+            )
+            app.state.gateway = Gateway(
+                settings, pool, Upstream(settings, pool, session, metrics), metrics, client, executor, shared
+            )
             await pool.check_all()
             tasks = [asyncio.create_task(pool.run_health_checks())]
             if shared is not None:
                 tasks.append(asyncio.create_task(shared.run_sweeper()))
-            log.info("gateway up: %d engine(s), models %s, audio to engines %s", len(pool.engines),
-                     pool.served_models(), f"as files in {shared.root}" if shared else "inline (base64)")
+            log.info(
+                "gateway up: %d engine(s), models %s, audio to engines %s",
+                len(pool.engines),
+                pool.served_models(),
+                f"as files in {shared.root}" if shared else "inline (base64)",
+            )
             try:
                 yield
             finally:
@@ -51,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
                         await task
                 executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="alm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="alm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(GatewayMiddleware)
     install_error_handlers(app)
     for module in (chat, transcriptions, models, health):

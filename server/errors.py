@@ -50,6 +50,10 @@ class PayloadTooLarge(InvalidRequest):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    status, code = 408, "request_timeout"
+
+
 class Unauthorized(GatewayError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
@@ -61,8 +65,8 @@ class ModelNotFound(GatewayError):
 class Overloaded(GatewayError):
     status, type, code = 429, "rate_limit_error", "overloaded"
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:

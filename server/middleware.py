@@ -1,5 +1,6 @@
-"""One pure-ASGI middleware (streaming- and disconnect-safe): request id, API-key auth, body size limit,
-and the per-route request counter and latency histogram.
+"""One pure-ASGI middleware (streaming- and disconnect-safe): request id, API-key auth, the body limits of
+``server/bodyguard.py`` (size, read deadline, bytes held at once), and the per-route request counter and latency
+histogram.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import GatewayError, PayloadTooLarge, Unauthorized, error_response
+from server.bodyguard import BodyBudget, GuardedBody
+from server.config import Settings
+from server.errors import GatewayError, Unauthorized, error_response
 from server.metrics import STATUS_CODES
 
 ROUTE_NAMES = {
@@ -42,9 +45,18 @@ def check_api_key(authorization: str | None, keys: list[str]) -> None:
         raise Unauthorized("Incorrect API key provided")
 
 
+def body_limit(route: str | None, settings: Settings) -> int:
+    if route == "chat_completions":
+        return settings.max_body_bytes
+    if route == "transcriptions":
+        return settings.max_audio_bytes + 2**20  # the file, the form fields and multipart framing
+    return settings.max_text_body_bytes
+
+
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.budget: BodyBudget | None = None  # created with the first request, from the app's settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,44 +73,45 @@ class GatewayMiddleware:
         path = scope["path"]
         route = ROUTE_NAMES.get(path)
         status = 500
+        body: GuardedBody | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                if body is None or not body.done:  # refused before its body was read: do not parse the rest
+                    message["headers"].append((b"connection", b"close"))
+                if body is not None:
+                    body.release()  # the body has been turned into the engine's answer (or an error)
             await send(message)
 
         try:
-            if path.startswith("/v1/"):
-                try:
+            try:
+                body = self._guard(receive, request, body_limit(route, settings), settings)
+                if path.startswith("/v1/"):
                     check_api_key(request.headers.get("authorization"), settings.api_keys)
-                except GatewayError as err:
-                    await error_response(request, err)(scope, receive, send_wrapper)
-                    return
-            limit = settings.max_body_bytes if route == "chat_completions" else settings.max_audio_bytes + 2**20
-            await self.app(scope, _limited(receive, limit, request), send_wrapper)
+            except GatewayError as err:
+                await error_response(request, err)(scope, receive, send_wrapper)
+                return
+            await self.app(scope, body.receive, send_wrapper)
         finally:
+            if body is not None:
+                body.release()
             if route is not None:
                 gateway.metrics.requests.labels(route, _code_label(status)).inc()
                 gateway.metrics.request_duration.labels(route).observe(time.monotonic() - start)
 
-
-def _limited(receive: Receive, limit: int, request: Request) -> Receive:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        async def refuse() -> Message:
-            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
-        return refuse
-    seen = 0
-
-    async def counted() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
-        return message
-
-    return counted
+    def _guard(self, receive: Receive, request: Request, limit: int, settings: Settings) -> GuardedBody:
+        if self.budget is None:
+            self.budget = BodyBudget(settings.body_bytes_in_flight, settings.retry_after_s)
+        declared = request.headers.get("content-length", "")
+        return GuardedBody(
+            receive,
+            limit=limit,
+            declared=int(declared) if declared.isdigit() else None,
+            chunked="transfer-encoding" in request.headers,
+            budget=self.budget,
+            timeout_s=settings.body_read_timeout_s,
+            min_rate=settings.body_min_rate_bytes_s,
+        )

@@ -16,13 +16,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from server.audio import FORMATS, AudioLimits, Clip, decode_audio, decode_base64, decode_data_url, encode_wav_base64
+from server.audio import FORMATS, AudioLimits, decode_audio, decode_base64, decode_data_url, encode_wav_base64
 from server.config import Settings
-from server.errors import InvalidAudio, InvalidRequest
-from server.schemas import AUDIO_PART_TYPES, ChatCompletionRequest
+from server.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
+from server.jsonguard import check_root, check_value_count, loads
+from server.schemas import AudioURLPart, ChatCompletionRequest, InputAudioPart
 from server.shared_audio import SharedAudioDir
+from server.validate import AudioPart, audio_parts, check_request_fields, quoted, validation_error
+
+MAX_URL_CHARS = 8192
 
 # A per-process random marker: client text cannot collide with it by accident or design.
 _MARK = secrets.token_hex(8)
@@ -39,6 +43,9 @@ class AudioRef:
     param: str
     raw: bytes | None = None
     url: str | None = None
+    format: str | None = None
+    """What the client declared (``input_audio.format``, a data URL's media type, an upload's file name): the
+    decoder's hint when the bytes themselves do not say."""
 
 
 @dataclass
@@ -47,7 +54,8 @@ class ChatJob:
     model: str
     stream: bool
     audio: list[AudioRef] = field(default_factory=list)
-    clips: list[Clip] = field(default_factory=list)
+    clip_seconds: list[float] = field(default_factory=list)
+    """Duration of each decoded clip (the samples themselves are not kept once handed on)."""
     ingest_seconds: float = 0.0
     encoded: bytes | None = None
     """The engine request body, once built."""
@@ -55,67 +63,78 @@ class ChatJob:
     """Clip files in the shared audio dir, to remove once the engine has read them."""
 
 
-def limits_of(settings: Settings) -> AudioLimits:
-    return AudioLimits(settings.max_audio_bytes, settings.max_audio_seconds, settings.min_audio_seconds)
-
-
-def validation_param(exc: ValidationError, prefix: str = "") -> tuple[str | None, str]:
-    first = exc.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    param = (prefix + loc).lstrip(".") or None
-    return param, f"{first['msg']} ({param})" if param else first["msg"]
-
-
 def parse_chat(raw_body: bytes, settings: Settings) -> ChatJob:
-    """JSON → validated request with every audio part located and its bytes base64-decoded."""
-    try:
-        body = json.loads(raw_body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    """JSON → validated request with every audio part located and its bytes base64-decoded.
+
+    Order matters for cost: the value count is bounded before parsing, the tree is checked before pydantic,
+    and the text size (the body less its audio strings) before any base64 is decoded.
+    """
+    check_value_count(raw_body, settings.max_text_body_bytes)
+    body = check_root(loads(raw_body))
+    check_request_fields(body)
+    parts = audio_parts(body)
+    if len(parts) > settings.max_clips_per_request:
+        raise InvalidRequest(
+            f"at most {settings.max_clips_per_request} audio clips per request",
+            param=parts[settings.max_clips_per_request].where,
+            code="too_many_audio_clips",
+        )
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        param, msg = validation_param(exc)
-        raise InvalidRequest(msg, param=param) from None
+        raise validation_error(exc, body) from None
+    text_bytes = len(raw_body) - sum(len(_payload(part.model)) for part in parts)
+    if text_bytes > settings.max_text_body_bytes:
+        raise PayloadTooLarge(
+            f"the request JSON besides its audio data is {text_bytes} bytes; the limit is "
+            f"{settings.max_text_body_bytes}",
+            code="text_too_large",
+        )
     job = ChatJob(body=body, model=req.model, stream=req.stream)
-    limits = limits_of(settings)
-    for i, msg in enumerate(req.messages):
-        if not isinstance(msg.content, list):
-            continue
-        for j, part in enumerate(msg.content):
-            kind = part.get("type")
-            if kind not in AUDIO_PART_TYPES:
-                continue
-            where = f"messages[{i}].content[{j}]"
-            if len(job.audio) >= settings.max_clips_per_request:
-                raise InvalidRequest(f"at most {settings.max_clips_per_request} audio clips per request",
-                                     param=where, code="too_many_audio_clips")
-            try:
-                parsed = AUDIO_PART_TYPES[kind].model_validate(part)
-            except ValidationError as exc:
-                param, text = validation_param(exc, where)
-                raise InvalidRequest(text, param=param) from None
-            job.audio.append(_locate(parsed, i, j, where, limits, settings))
+    limits = AudioLimits.of(settings)
+    for part in parts:
+        job.audio.append(_locate(part, limits, settings))
     return job
 
 
-def _locate(part, i: int, j: int, where: str, limits: AudioLimits, settings: Settings) -> AudioRef:
-    if part.type == "input_audio":
+def _payload(part: BaseModel) -> str:
+    if isinstance(part, InputAudioPart):
+        return part.input_audio.data
+    return part.audio_url.url if isinstance(part, AudioURLPart) else ""
+
+
+def _locate(found: AudioPart, limits: AudioLimits, settings: Settings) -> AudioRef:
+    i, j, where, part = found.message, found.part, found.where, found.model
+    if isinstance(part, InputAudioPart):
         param = f"{where}.input_audio"
         if part.input_audio.format.lower() not in FORMATS:
-            raise InvalidAudio(f"unsupported audio format '{part.input_audio.format}'; use one of "
-                               f"{', '.join(sorted(FORMATS))}", param=f"{param}.format",
-                               code="unsupported_audio_format")
-        return AudioRef(i, j, f"{param}.data", raw=decode_base64(part.input_audio.data, limits, f"{param}.data"))
-    url, param = part.audio_url.url, f"{where}.audio_url.url"
+            raise InvalidAudio(
+                f"unsupported audio format {quoted(part.input_audio.format)}; use one of {', '.join(sorted(FORMATS))}",
+                param=f"{param}.format",
+                code="unsupported_audio_format",
+            )
+        return AudioRef(
+            i,
+            j,
+            f"{param}.data",
+            raw=decode_base64(part.input_audio.data, limits, f"{param}.data"),
+            format=part.input_audio.format,
+        )
+    url, param = _payload(part), f"{where}.audio_url.url"
     if url.startswith("data:"):
-        return AudioRef(i, j, param, raw=decode_data_url(url, limits, param))
+        media_type = url[5:].partition(";")[0].partition(",")[0]  # data:audio/flac;base64,... → audio/flac
+        return AudioRef(i, j, param, raw=decode_data_url(url, limits, param), format=media_type or None)
     if url.startswith(("http://", "https://")):
         if not settings.allow_audio_urls:
-            raise InvalidAudio("http(s) audio URLs are disabled on this gateway; send the audio inline",
-                               param=param, code="audio_url_not_allowed")
+            raise InvalidAudio(
+                "http(s) audio URLs are disabled on this gateway; send the audio inline",
+                param=param,
+                code="audio_url_not_allowed",
+            )
+        if len(url) > MAX_URL_CHARS:
+            raise InvalidAudio(
+                f"audio URL is longer than {MAX_URL_CHARS} characters", param=param, code="invalid_audio_url"
+            )
         return AudioRef(i, j, param, url=url)
     raise InvalidAudio("audio_url must be a data: URL or an http(s) URL", param=param, code="invalid_audio_url")
 
@@ -129,13 +148,14 @@ def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None 
     JSON encoder (base64 needs no escaping; the encoder would cost ~3 ms per 10 s of audio).
     """
     start = time.perf_counter()
-    limits = limits_of(settings)
+    limits = AudioLimits.of(settings)
     messages = job.body["messages"]
     payloads: list[bytes] = []
     try:
         for ref in job.audio:
-            clip = decode_audio(ref.raw or b"", limits, ref.param)
-            job.clips.append(clip)
+            clip = decode_audio(ref.raw or b"", limits, ref.param, ref.format)
+            ref.raw = None  # the encoded bytes are not needed again: free them before the engine call
+            job.clip_seconds.append(clip.seconds)
             handed = shared.try_write(clip.samples) if shared is not None else None
             if handed is not None:
                 path, url = handed
@@ -158,9 +178,17 @@ def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None 
     return out
 
 
-def transcription_job(raw: bytes, model: str, prompt: str | None, language: str | None,
-                      temperature: float | None, settings: Settings) -> ChatJob:
-    """An OpenAI transcription request expressed as a chat request to the engine (the model is an ALM)."""
+def transcription_job(
+    raw: bytes,
+    filename: str | None,
+    model: str,
+    prompt: str | None,
+    language: str | None,
+    temperature: float | None,
+    settings: Settings,
+) -> ChatJob:
+    """An OpenAI transcription request expressed as a chat request to the engine (the model is an ALM).
+    ``filename``: the upload's name, whose extension is the decoder's format hint."""
     instruction = settings.transcription_prompt
     if language:
         instruction += f" The language is {language}."
@@ -173,4 +201,4 @@ def transcription_job(raw: bytes, model: str, prompt: str | None, language: str 
     }
     if temperature is not None:
         body["temperature"] = temperature
-    return ChatJob(body=body, model=model, stream=False, audio=[AudioRef(0, 0, "file", raw=raw)])
+    return ChatJob(body=body, model=model, stream=False, audio=[AudioRef(0, 0, "file", raw=raw, format=filename)])

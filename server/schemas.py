@@ -1,55 +1,82 @@
-"""Pydantic models of the OpenAI request shapes the gateway inspects, and the response shapes it builds.
+"""Pydantic models of the OpenAI request shapes the gateway accepts, and the response shapes it builds.
 
-Fields the gateway does not inspect pass through to the engine untouched (``extra="allow"``).
+Content parts are strict (``extra="forbid"``): vLLM infers a part's kind from its keys (an ``audio_url`` key
+on a ``text`` part, a part without ``type``, a ``uuid`` that points at cached media), so a part carries exactly
+the keys of its type. Other request and message fields pass through to the engine (``extra="allow"``), except
+the engine-internal ones in ``server/validate.py``. These models also make the published OpenAPI schema.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class InputAudio(BaseModel):
-    data: str
-    format: str
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class InputAudioPart(_Open):
+class TextPart(_Closed):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class InputAudio(_Closed):
+    data: StrictStr = Field(description="Base64 of the encoded clip.")
+    format: StrictStr = Field(description="Container hint: wav, mp3, flac, ogg, opus, webm, m4a, aac, aiff.")
+
+
+class InputAudioPart(_Closed):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class AudioURL(_Open):
-    url: str
+class AudioURL(_Closed):
+    url: StrictStr = Field(description="A data:audio/<fmt>;base64,... URL, or http(s) when the gateway allows it.")
 
 
-class AudioURLPart(_Open):
+class AudioURLPart(_Closed):
     type: Literal["audio_url"]
     audio_url: AudioURL
 
 
+ContentPart = Annotated[TextPart | InputAudioPart | AudioURLPart, Field(discriminator="type")]
+
+PART_TYPES: dict[str, type[BaseModel]] = {"text": TextPart, "input_audio": InputAudioPart, "audio_url": AudioURLPart}
+AUDIO_PART_TYPES: dict[str, type[BaseModel]] = {"input_audio": InputAudioPart, "audio_url": AudioURLPart}
+
+
 class Message(_Open):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[ContentPart] | None = None
 
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 class ChatCompletionRequest(_Open):
-    model: str = Field(min_length=1)
+    model: StrictStr = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    chat_template_kwargs: dict[str, StrictStr | bool | int | float | None] | None = None
 
 
-AUDIO_PART_TYPES = {"input_audio": InputAudioPart, "audio_url": AudioURLPart}
+class TranscriptionForm(BaseModel):
+    """The text fields of a multipart transcription request (the ``file`` part is checked on its own); other
+    OpenAI fields (``timestamp_granularities[]``, ...) are ignored."""
+
+    model: StrictStr = Field(min_length=1)
+    prompt: StrictStr | None = None
+    language: StrictStr | None = None
+    response_format: Literal["json", "text"] = "json"
+    temperature: float | None = Field(None, ge=0, le=2)
 
 
 class ModelCard(BaseModel):
@@ -66,3 +93,14 @@ class ModelList(BaseModel):
 
 class Transcription(BaseModel):
     text: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | int | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -20,8 +20,7 @@ async def ready(request: Request) -> dict:
     pool = request.app.state.gateway.pool
     if not pool.ready():
         raise NoHealthyEngine("no healthy engine")
-    return {"status": "ready", "engines": sum(e.healthy for e in pool.engines.values()),
-            "models": pool.served_models()}
+    return {"status": "ready", "engines": sum(e.healthy for e in pool.engines.values()), "models": pool.served_models()}
 
 
 @router.get("/metrics")

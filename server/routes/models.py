@@ -4,12 +4,13 @@ import time
 
 from fastapi import APIRouter, Request
 
+from server.openapi import ERROR_RESPONSES
 from server.schemas import ModelCard, ModelList
 
 router = APIRouter()
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> ModelList:
     """The models served by at least one healthy engine."""
     now = int(time.time())

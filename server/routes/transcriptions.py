@@ -1,21 +1,60 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from server.errors import InvalidRequest, PayloadTooLarge
+from server.openapi import TRANSCRIPTION_RESPONSES, transcription_openapi
+from server.schemas import TranscriptionForm
+from server.validate import validation_error
 
 router = APIRouter()
 
+_MAX_FIELDS = 16
+_MAX_FIELD_BYTES = 64 * 1024
 
-@router.post("/v1/audio/transcriptions")
-async def transcriptions(
-    request: Request,
-    file: UploadFile,
-    model: str = Form(min_length=1),
-    prompt: str | None = Form(None),
-    language: str | None = Form(None),
-    response_format: str = Form("json"),
-    temperature: float | None = Form(None, ge=0, le=2),
-) -> Response:
-    """OpenAI transcriptions (multipart), answered by the audio-language model through a chat request."""
-    raw = await file.read()
-    return await request.app.state.gateway.transcribe(raw, model, prompt, language, response_format, temperature,
-                                                      request.state.start, request.state.request_id, request.receive)
+
+@router.post(
+    "/v1/audio/transcriptions",
+    openapi_extra=transcription_openapi(),
+    responses=TRANSCRIPTION_RESPONSES,
+    response_model=None,
+)
+async def transcriptions(request: Request) -> Response:
+    """OpenAI transcriptions (multipart), answered by the audio-language model through a chat request.
+
+    The form is parsed here rather than by FastAPI, whose parser turns every failure (an over-size upload
+    included) into "There was an error parsing the body"."""
+    settings = request.app.state.gateway.settings
+    async with request.form(max_files=1, max_fields=_MAX_FIELDS, max_part_size=_MAX_FIELD_BYTES) as form:
+        upload = form.get("file")
+        if upload is None:
+            raise InvalidRequest("the audio 'file' field is required", param="file", code="missing_file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest(
+                "'file' must be a file upload (multipart/form-data with a filename)", param="file", code="invalid_file"
+            )
+        try:
+            data = {k: v for k, v in form.items() if k != "file"}
+            fields = TranscriptionForm.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc, data) from None
+        raw = await upload.read(settings.max_audio_bytes + 1)
+        filename = upload.filename
+    if len(raw) > settings.max_audio_bytes:
+        raise PayloadTooLarge(
+            f"audio is larger than the {settings.max_audio_bytes} byte limit", param="file", code="audio_too_large"
+        )
+    return await request.app.state.gateway.transcribe(
+        raw,
+        filename,
+        fields.model,
+        fields.prompt,
+        fields.language,
+        fields.response_format,
+        fields.temperature,
+        request.state.start,
+        request.state.request_id,
+        request.receive,
+    )

@@ -21,8 +21,9 @@ LIMITS = dict(max_audio_bytes=400_000, max_audio_seconds=20.0, max_clips_per_req
 
 @pytest.fixture(scope="module")
 def gateway(engine_server) -> str:
-    settings = load_settings(engine_urls=[engine_server.url], health_interval_s=0.5, transcription_max_tokens=8,
-                             **LIMITS)
+    settings = load_settings(
+        engine_urls=[engine_server.url], health_interval_s=0.5, transcription_max_tokens=8, **LIMITS
+    )
     with serve(create_app(settings)) as url:
         yield url
 
@@ -41,8 +42,9 @@ def test_models(client: openai.OpenAI, engine_server) -> None:
 
 
 def test_chat_with_audio(client: openai.OpenAI, engine_server) -> None:
-    r = client.chat.completions.create(model=engine_server.model, messages=messages(audio_part("wav", 2.0)),
-                                       max_tokens=5, temperature=0)
+    r = client.chat.completions.create(
+        model=engine_server.model, messages=messages(audio_part("wav", 2.0)), max_tokens=5, temperature=0
+    )
     assert r.choices[0].message.content and r.usage.completion_tokens == 5
     # 2 s at 16 kHz → ((32000 // 160) + 1) // 4 // 5 = 10 audio tokens on top of the text prompt
     text_only = client.chat.completions.create(model=engine_server.model, messages=messages(), max_tokens=1)
@@ -50,20 +52,29 @@ def test_chat_with_audio(client: openai.OpenAI, engine_server) -> None:
 
 
 def test_two_clips(client: openai.OpenAI, engine_server) -> None:
-    r = client.chat.completions.create(model=engine_server.model, max_tokens=2,
-                                       messages=messages(audio_part("flac", 1.0), audio_part("mp3", 1.5, 48_000)))
+    r = client.chat.completions.create(
+        model=engine_server.model,
+        max_tokens=2,
+        messages=messages(audio_part("flac", 1.0), audio_part("mp3", 1.5, 48_000)),
+    )
     assert r.choices[0].finish_reason == "length"
 
 
 def test_stream_with_usage(client: openai.OpenAI, engine_server) -> None:
-    stream = client.chat.completions.create(model=engine_server.model, messages=messages(audio_part("ogg")),
-                                            max_tokens=6, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=engine_server.model,
+        messages=messages(audio_part("ogg")),
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    plain = client.chat.completions.create(model=engine_server.model, messages=messages(audio_part("ogg")),
-                                           max_tokens=6, temperature=0)
+    plain = client.chat.completions.create(
+        model=engine_server.model, messages=messages(audio_part("ogg")), max_tokens=6, temperature=0
+    )
     assert text == plain.choices[0].message.content  # greedy: streamed == non-streamed
 
 
@@ -71,16 +82,23 @@ def test_stream_with_usage(client: openai.OpenAI, engine_server) -> None:
 @pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 48_000])
 @pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
 def test_formats_and_rates(client: openai.OpenAI, engine_server, fmt: str, rate: int, channels: int) -> None:
-    r = client.chat.completions.create(model=engine_server.model, max_tokens=1,
-                                       messages=messages(audio_part(fmt, 1.0, rate, channels)))
+    r = client.chat.completions.create(
+        model=engine_server.model, max_tokens=1, messages=messages(audio_part(fmt, 1.0, rate, channels))
+    )
     assert r.usage.completion_tokens == 1
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_transcriptions(client: openai.OpenAI, engine_server, fmt: str) -> None:
     wav = encode(tone(1.5, 22_050, 2), 22_050, "wav")
-    out = client.audio.transcriptions.create(model=engine_server.model, file=("a.wav", wav), response_format=fmt,
-                                             language="en", prompt="a tone", temperature=0)
+    out = client.audio.transcriptions.create(
+        model=engine_server.model,
+        file=("a.wav", wav),
+        response_format=fmt,
+        language="en",
+        prompt="a tone",
+        temperature=0,
+    )
     text = out if isinstance(out, str) else out.text
     assert isinstance(text, str) and text
 
@@ -89,29 +107,39 @@ def test_shared_dir_handoff_matches_inline(client: openai.OpenAI, engine_server,
     """Same-host engines get clips as files (file:// URLs, as `alm serve` runs): the same greedy answers as
     inline base64, streamed too, and no file outlives its request."""
     shared = engine_server.shared_audio_dir
-    settings = load_settings(engine_urls=[engine_server.url], shared_audio_dir=str(shared),
-                             transcription_max_tokens=8, **LIMITS)
+    settings = load_settings(
+        engine_urls=[engine_server.url], shared_audio_dir=str(shared), transcription_max_tokens=8, **LIMITS
+    )
     with serve(create_app(settings)) as url:
         files = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
         for parts in ([audio_part("wav", 2.0)], [audio_part("flac", 1.0), audio_part("mp3", 1.5, 48_000, 2)]):
-            a, b = (c.chat.completions.create(model=engine_server.model, messages=messages(*parts), max_tokens=6,
-                                              temperature=0) for c in (client, files))
-            assert (a.choices[0].message.content, a.usage.prompt_tokens) == \
-                (b.choices[0].message.content, b.usage.prompt_tokens)
-        stream = files.chat.completions.create(model=engine_server.model, messages=messages(audio_part("ogg")),
-                                               max_tokens=6, temperature=0, stream=True)
+            a, b = (
+                c.chat.completions.create(
+                    model=engine_server.model, messages=messages(*parts), max_tokens=6, temperature=0
+                )
+                for c in (client, files)
+            )
+            assert (a.choices[0].message.content, a.usage.prompt_tokens) == (
+                b.choices[0].message.content,
+                b.usage.prompt_tokens,
+            )
+        stream = files.chat.completions.create(
+            model=engine_server.model, messages=messages(audio_part("ogg")), max_tokens=6, temperature=0, stream=True
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         wav = encode(tone(1.5, 22_050, 2), 22_050, "wav")
         assert files.audio.transcriptions.create(model=engine_server.model, file=("a.wav", wav)).text
         with pytest.raises(openai.BadRequestError, match="NaN"):  # the first clip was written, then refused
-            files.chat.completions.create(model=engine_server.model, max_tokens=1,
-                                          messages=messages(audio_part(), audio_of(_nan_wav())))
+            files.chat.completions.create(
+                model=engine_server.model, max_tokens=1, messages=messages(audio_part(), audio_of(_nan_wav()))
+            )
     assert list(shared.iterdir()) == []
     # The engine really reads the files: a directory it was not given is refused by vLLM itself.
     elsewhere = load_settings(engine_urls=[engine_server.url], shared_audio_dir=str(tmp_path), **LIMITS)
     with serve(create_app(elsewhere)) as url:
-        resp = httpx.post(url + "/v1/chat/completions", timeout=60,
-                          json=chat_body(engine_server.model, audio_part(), max_tokens=1))
+        resp = httpx.post(
+            url + "/v1/chat/completions", timeout=60, json=chat_body(engine_server.model, audio_part(), max_tokens=1)
+        )
         assert resp.status_code == 400 and "allowed-local-media-path" in resp.text
 
 
@@ -148,8 +176,9 @@ CORPUS = [
     ("no-messages", {"model": "M", "messages": []}, 400, "invalid_request", "messages"),
     ("bad-base64", [{"type": "input_audio", "input_audio": {"data": "%%%not-base64", "format": "wav"}}],
      400, "invalid_base64", P0 + ".input_audio.data"),
-    ("truncated-wav-60-bytes", [audio_of(WAV[:60])], 400, "invalid_audio", P0 + ".input_audio.data"),
-    ("truncated-mp3", [audio_of(encode(tone(2.0), 16_000, "mp3")[:1500], "mp3")], 400, "invalid_audio",
+    # A file cut short is served up to where it ends; one with less than the minimum present is refused.
+    ("truncated-wav-60-bytes", [audio_of(WAV[:60])], 400, "audio_too_short", P0 + ".input_audio.data"),
+    ("truncated-mp3", [audio_of(encode(tone(2.0), 16_000, "mp3")[:600], "mp3")], 400, "audio_too_short",
      P0 + ".input_audio.data"),
     ("corrupt", [audio_of(b"RIFF" + bytes(range(256)) * 8)], 400, "invalid_audio", P0 + ".input_audio.data"),
     ("empty", [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}], 400, "audio_empty",
@@ -174,7 +203,7 @@ CORPUS = [
      400, "invalid_audio_url", P0 + ".audio_url.url"),
     ("unknown-model", {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model_not_found",
      "model"),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("body", "status", "code", "param"), [pytest.param(*c[1:], id=c[0]) for c in CORPUS])
@@ -184,8 +213,9 @@ def test_bad_input_corpus(gateway: str, engine_server, body, status: int, code: 
     if isinstance(body, dict) and body.get("model") == "M":
         body["model"] = engine_server.model
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
-    resp = httpx.post(gateway + "/v1/chat/completions", headers={"content-type": "application/json"}, timeout=60,
-                      **kwargs)
+    resp = httpx.post(
+        gateway + "/v1/chat/completions", headers={"content-type": "application/json"}, timeout=60, **kwargs
+    )
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -197,8 +227,9 @@ def test_bad_input_corpus(gateway: str, engine_server, body, status: int, code: 
 def test_still_serving_after_corpus(client: openai.OpenAI, engine_server, gateway: str) -> None:
     resp = httpx.post(gateway + "/v1/chat/completions", content=b"x" * 3_000_000, timeout=60)
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
-    empty = httpx.post(gateway + "/v1/audio/transcriptions", files={"file": ("a.wav", b"")},
-                       data={"model": engine_server.model})
+    empty = httpx.post(
+        gateway + "/v1/audio/transcriptions", files={"file": ("a.wav", b"")}, data={"model": engine_server.model}
+    )
     assert (empty.status_code, empty.json()["error"]["param"]) == (400, "file")
     r = client.chat.completions.create(model=engine_server.model, messages=messages(audio_part()), max_tokens=1)
     assert r.usage.completion_tokens == 1
@@ -219,8 +250,9 @@ LONG = dict(max_tokens=7000, extra_body={"ignore_eos": True})
 def test_disconnect_mid_stream_aborts_engine_request(client: openai.OpenAI, engine_server) -> None:
     tokens = "vllm:generation_tokens_total"
     before = engine_metric(engine_server.url, tokens)
-    stream = client.chat.completions.create(model=engine_server.model, messages=messages(audio_part()),
-                                            stream=True, **LONG)
+    stream = client.chat.completions.create(
+        model=engine_server.model, messages=messages(audio_part()), stream=True, **LONG
+    )
     for i, _ in enumerate(stream):
         if i == 3:
             break
