@@ -1,8 +1,16 @@
-"""The engine pool: discovery, active health checks, ejection/re-admission and least-outstanding choice.
+"""The engine pool: discovery, active health checks, ejection/re-admission and least-loaded choice.
+
+A failed request ejects its engine only when another healthy engine serves each of its models; a model's last
+engine is *suspect* instead: it stays in rotation and is probed at once, and only a failed probe ejects it. So
+one broken stream never turns every request into a 503 until the next health round.
 
 Engines are grouped by the models they serve (each engine's ``/v1/models``). ``acquire()`` hands out a slot on
-the healthy engine serving the model with the fewest outstanding requests; when every such engine is at its
-in-flight bound the caller waits in a bounded queue, and a full queue is a 429.
+the healthy engine serving the model with the least load (server/engine_load.py: the engine's own report of its
+running and waiting requests, which counts every gateway's, corrected by this gateway's traffic since). An engine
+is given up to its capacity: its batch (``max_num_seqs``) plus a short queue inside vLLM, where waiting requests
+join the batch as soon as a sequence ends and where ``vllm:num_requests_waiting`` (the HPA's metric) counts them.
+When every engine is at capacity the caller waits in the gateway's bounded queue (bursts), and a full queue is a
+429.
 """
 
 from __future__ import annotations
@@ -10,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from server.config import Settings
+from server.engine_load import EngineLoad, MetricsTooLarge, Report, read_report
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
 
@@ -28,9 +38,16 @@ class Engine:
     name: str
     models: frozenset[str] = frozenset()
     healthy: bool = False
-    outstanding: int = 0
+    capacity: int = 1
+    """Requests it is given at once: its batch plus the queue inside it (``Settings.engine_capacity``)."""
+    load: EngineLoad = field(default_factory=EngineLoad)
     failures: int = 0
     picks: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        """This gateway's requests holding a slot on it."""
+        return self.load.outstanding
 
 
 class EnginePool:
@@ -41,6 +58,7 @@ class EnginePool:
         self.engines: dict[str, Engine] = {}
         self.waiting = 0
         self._changed = asyncio.Event()
+        self._probes: dict[str, asyncio.Task[None]] = {}
         if not settings.engine_dns_expand:
             for url in settings.engine_urls:
                 self._add(url)
@@ -50,7 +68,7 @@ class EnginePool:
     def _add(self, url: str) -> Engine:
         if url not in self.engines:
             parts = urlsplit(url)
-            self.engines[url] = Engine(url=url, name=parts.netloc or url)
+            self.engines[url] = Engine(url=url, name=parts.netloc or url, capacity=self._settings.engine_capacity)
             self._metrics.add_engine(self.engines[url].name)
         return self.engines[url]
 
@@ -69,7 +87,8 @@ class EnginePool:
                 log.warning("cannot resolve engine host %s: %s", parts.hostname, exc)
                 continue
             for *_, sockaddr in infos:
-                host = f"[{sockaddr[0]}]" if ":" in sockaddr[0] else sockaddr[0]
+                address = str(sockaddr[0])
+                host = f"[{address}]" if ":" in address else address
                 url = urlunsplit((parts.scheme, f"{host}:{port}", parts.path, "", ""))
                 seen.add(url)
                 self._add(url)
@@ -79,7 +98,8 @@ class EnginePool:
 
     # ------------------------------------------------------------------ health
 
-    async def check(self, engine: Engine) -> None:
+    async def check(self, engine: Engine, *, probe: bool = False) -> None:
+        """One health check; ``probe``: of a suspect engine, which a single failure ejects."""
         timeout = aiohttp.ClientTimeout(total=self._settings.health_timeout_s)
         try:
             async with self._session.get(engine.url + "/health", timeout=timeout) as resp:
@@ -93,26 +113,86 @@ class EnginePool:
         if ok:
             engine.failures = 0
             self._set_health(engine, True)
+            if self._settings.engine_load_metrics and not probe:
+                await self._read_load(engine, timeout)
         else:
             engine.failures += 1
-            if engine.failures >= self._settings.eject_after_failures or not engine.healthy:
+            if probe or engine.failures >= self._settings.eject_after_failures or not engine.healthy:
                 self._set_health(engine, False)
+
+    async def _read_load(self, engine: Engine, timeout: aiohttp.ClientTimeout) -> None:
+        """The engine's running + waiting requests from its ``/metrics``; a failure only leaves the last report
+        to age out (a vLLM serving requests is healthy even if its metrics are not readable)."""
+        now, sent, done = time.monotonic(), engine.load.sent, engine.load.done
+        try:
+            async with self._session.get(engine.url + "/metrics", timeout=timeout) as resp:
+                resp.raise_for_status()
+                counts = await read_report(resp.content, self._settings.engine_metrics_max_bytes)
+        except MetricsTooLarge as exc:
+            log.warning("engine %s: %s", engine.name, exc)
+            return
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValueError: a line past aiohttp's limit
+            log.debug("engine %s: no load report: %r", engine.name, exc)
+            return
+        if counts is None:
+            log.debug("engine %s: /metrics has no vllm:num_requests_running/_waiting", engine.name)
+            return
+        engine.load.report = Report(counts[0], counts[1], at=now, sent=sent, done=done)
+        self._metrics.engine_reported(engine.name, *counts)
+        self._publish_load(engine)
+        self._notify()  # it may have room now
+
+    def load(self, engine: Engine) -> int:
+        """Requests ``engine`` holds, every gateway's (a report older than two health rounds is ignored)."""
+        max_age = 2 * self._settings.health_interval_s + self._settings.health_timeout_s
+        return engine.load.estimate(time.monotonic(), max_age)
+
+    def _publish_load(self, engine: Engine) -> None:
+        self._metrics.engine_in_flight.labels(engine.name).set(engine.outstanding)
+        self._metrics.engine_load.labels(engine.name).set(self.load(engine))
 
     async def check_all(self) -> None:
         await self.discover()
         await asyncio.gather(*(self.check(e) for e in list(self.engines.values())))
 
     async def run_health_checks(self) -> None:
-        """Forever: check every engine, then sleep ``health_interval_s``. Cancelled by the app's lifespan."""
-        while True:
-            try:
-                await self.check_all()
-            except Exception:  # a bug here must not stop health checking
-                log.exception("health check round failed")
-            await asyncio.sleep(self._settings.health_interval_s)
+        """Forever: check every engine, then sleep ``health_interval_s``. Cancelled by the app's lifespan,
+        which also ends the probes of suspect engines."""
+        try:
+            while True:
+                try:
+                    await self.check_all()
+                except Exception:  # a bug here must not stop health checking
+                    log.exception("health check round failed")
+                await asyncio.sleep(self._settings.health_interval_s)
+        finally:
+            for task in list(self._probes.values()):
+                task.cancel()
+
+    def suspect(self, engine: Engine, reason: str) -> None:
+        """A request to ``engine`` failed in transport. If every model it serves has another healthy engine,
+        eject it (health checks re-admit it, as usual); else keep it in rotation and probe it at once."""
+        covered = all(
+            any(other is not engine and other.healthy and model in other.models for other in self.engines.values())
+            for model in engine.models
+        )
+        if covered:
+            self.eject(engine, reason)
+            return
+        if engine.healthy:
+            log.warning("engine %s is suspect (%s); probing it (the last engine of a model)", engine.name, reason)
+        if engine.url not in self._probes:
+            task = asyncio.get_running_loop().create_task(self.check(engine, probe=True))
+            self._probes[engine.url] = task
+            task.add_done_callback(lambda t: self._probe_done(engine.url, t))
+
+    def _probe_done(self, url: str, task: asyncio.Task[None]) -> None:
+        self._probes.pop(url, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("probe of engine %s failed", url, exc_info=task.exception())
 
     def eject(self, engine: Engine, reason: str) -> None:
-        """Passive ejection after a failed request; the next passing health check re-admits the engine."""
+        """Out of rotation at once; the next passing health check (or probe) re-admits the engine."""
         if engine.healthy:
             log.warning("ejecting engine %s: %s", engine.name, reason)
         engine.failures = max(engine.failures, self._settings.eject_after_failures)
@@ -120,9 +200,17 @@ class EnginePool:
 
     def _set_health(self, engine: Engine, healthy: bool) -> None:
         if engine.healthy != healthy:
-            log.info("engine %s is %s (models: %s)", engine.name, "healthy" if healthy else "unhealthy",
-                     ",".join(sorted(engine.models)) or "-")
+            log.info(
+                "engine %s is %s (models: %s)",
+                engine.name,
+                "healthy" if healthy else "unhealthy",
+                ",".join(sorted(engine.models)) or "-",
+            )
         engine.healthy = healthy
+        if not healthy:
+            engine.load.report = None  # whatever it said is void; re-admitted, it reports afresh
+            self._metrics.engine_reported(engine.name, 0, 0)
+            self._publish_load(engine)
         self._metrics.engine_healthy.labels(engine.name).set(1 if healthy else 0)
         self._notify()
 
@@ -137,31 +225,34 @@ class EnginePool:
     # ------------------------------------------------------------------ slots
 
     async def acquire(self, model: str, exclude: frozenset[str] = frozenset()) -> Engine:
-        """A slot on the least-loaded healthy engine serving ``model`` (not in ``exclude``); waits if all busy.
+        """A slot on the least-loaded healthy engine serving ``model`` (not in ``exclude``); waits while every
+        one is at capacity.
 
         Raises ModelNotFound (no engine has ever served it), NoHealthyEngine, or Overloaded (queue full).
         """
-        limit = self._settings.max_inflight_per_engine
         queued = False
         try:
             while True:
-                candidates = [e for e in self.engines.values()
-                              if e.healthy and model in e.models and e.url not in exclude]
+                candidates = [
+                    e for e in self.engines.values() if e.healthy and model in e.models and e.url not in exclude
+                ]
                 if not candidates:
                     if any(model in e.models for e in self.engines.values()) or not self._any_models_known():
                         raise NoHealthyEngine(f"no healthy engine is serving model '{model}'")
                     raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-                free = [e for e in candidates if e.outstanding < limit]
+                loads = {e.url: self.load(e) for e in candidates}
+                free = [e for e in candidates if loads[e.url] < e.capacity]
                 if free:
-                    engine = min(free, key=lambda e: (e.outstanding, e.picks))
-                    engine.outstanding += 1
+                    engine = min(free, key=lambda e: (loads[e.url], e.picks))
+                    engine.load.start()
                     engine.picks += 1
-                    self._metrics.engine_in_flight.labels(engine.name).set(engine.outstanding)
+                    self._publish_load(engine)
                     return engine
                 if not queued:
                     if self.waiting >= self._settings.max_queue:
-                        raise Overloaded("the gateway is at capacity; retry later",
-                                         retry_after_s=self._settings.retry_after_s)
+                        raise Overloaded(
+                            "the gateway is at capacity; retry later", retry_after_s=self._settings.retry_after_s
+                        )
                     queued = True
                     self.waiting += 1
                     self._metrics.queue_depth.set(self.waiting)
@@ -172,8 +263,8 @@ class EnginePool:
                 self._metrics.queue_depth.set(self.waiting)
 
     def release(self, engine: Engine) -> None:
-        engine.outstanding -= 1
-        self._metrics.engine_in_flight.labels(engine.name).set(engine.outstanding)
+        engine.load.finish()
+        self._publish_load(engine)
         self._notify()
 
     def _notify(self) -> None:

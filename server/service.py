@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import httpx
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from server.config import Settings
 from server.errors import InvalidRequest, UpstreamError
@@ -25,9 +26,10 @@ from server.metrics import Metrics
 from server.prepare import ChatJob, finish_chat, parse_chat, transcription_job
 from server.routing import EnginePool
 from server.shared_audio import SharedAudioDir
-from server.upstream import Upstream, UpstreamReply
+from server.upstream import EngineStream, Upstream, UpstreamReply
 
 T = TypeVar("T")
+log = logging.getLogger("server.service")
 
 CHAT_PATH = "/v1/chat/completions"
 _INLINE_BYTES = 32 * 1024
@@ -35,8 +37,16 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class Gateway:
-    def __init__(self, settings: Settings, pool: EnginePool, upstream: Upstream, metrics: Metrics,
-                 client: httpx.AsyncClient, executor: ThreadPoolExecutor, shared: SharedAudioDir | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: EnginePool,
+        upstream: Upstream,
+        metrics: Metrics,
+        client: httpx.AsyncClient,
+        executor: ThreadPoolExecutor,
+        shared: SharedAudioDir | None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.upstream = upstream
@@ -58,10 +68,10 @@ class Gateway:
         return body
 
     def _observe(self, job: ChatJob) -> None:
-        if job.clips:
+        if job.clip_seconds:
             self.metrics.ingest_duration.observe(job.ingest_seconds)
-            for clip in job.clips:
-                self.metrics.audio_input.observe(clip.seconds)
+            for seconds in job.clip_seconds:
+                self.metrics.audio_input.observe(seconds)
 
     async def _prepare_chat(self, raw_body: bytes) -> tuple[ChatJob, bytes]:
         """Parse, ingest, re-encode with at most one hop to the ingest pool (each hop costs ~0.1 ms of CPU)."""
@@ -82,38 +92,51 @@ class Gateway:
         job, body = await self._prepare_chat(raw_body)
         deadline = start + self.settings.request_timeout_s
         try:
+            # Until the answer (or a stream's first event) is here, a client that leaves cancels the work:
+            # queued for a slot, waiting for the engine, or retrying.
             if not job.stream:
-                return _relay_reply(await _unless_disconnected(
-                    self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive))
-            result = await self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id)
+                return _relay_reply(
+                    await _unless_disconnected(
+                        self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive
+                    )
+                )
+            result = await _unless_disconnected(
+                self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id), receive
+            )
         finally:
             SharedAudioDir.remove(job.files)  # the engine has read them: its answer or first event is here
         if isinstance(result, UpstreamReply):
             return _relay_reply(result)
-        return StreamingResponse(self._timed(result, start), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-    async def _timed(self, events: AsyncIterator[bytes], start: float) -> AsyncIterator[bytes]:
-        first = True
-        async for event in events:
-            yield event
-            if first:
-                self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - start)
-                first = False
+        return EventStreamResponse(
+            result, request_id, lambda: self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - start)
+        )
 
     # ------------------------------------------------------------------ transcriptions
 
-    async def transcribe(self, raw: bytes, model: str, prompt: str | None, language: str | None,
-                         response_format: str, temperature: float | None, start: float, request_id: str,
-                         receive: Receive) -> Response:
+    async def transcribe(
+        self,
+        raw: bytes,
+        filename: str | None,
+        model: str,
+        prompt: str | None,
+        language: str | None,
+        response_format: str,
+        temperature: float | None,
+        start: float,
+        request_id: str,
+        receive: Receive,
+    ) -> Response:
         if response_format not in ("json", "text"):
-            raise InvalidRequest(f"response_format '{response_format}' is not supported; use json or text",
-                                 param="response_format")
-        job = transcription_job(raw, model, prompt, language, temperature, self.settings)
+            raise InvalidRequest(
+                f"response_format '{response_format}' is not supported; use json or text", param="response_format"
+            )
+        job = transcription_job(raw, filename, model, prompt, language, temperature, self.settings)
         body = await self._ingest(job)
         deadline = start + self.settings.request_timeout_s
         try:
             reply = await _unless_disconnected(
-                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive)
+                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive
+            )
         finally:
             SharedAudioDir.remove(job.files)
         if reply.status != 200:
@@ -147,6 +170,33 @@ async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     raise ClientDisconnect()
+
+
+class EventStreamResponse(StreamingResponse):
+    """Relays an engine's SSE stream. Watches for the client leaving even while the engine is silent (not only
+    when a write fails), and always closes the stream however the relay ends: the engine slot is released and
+    an unfinished engine request is aborted."""
+
+    def __init__(self, stream: EngineStream, request_id: str, on_first_event: Callable[[], None]) -> None:
+        super().__init__(_first_observed(stream, on_first_event), media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._stream, self._request_id = stream, request_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await _unless_disconnected(self.stream_response(send), receive)
+        except (ClientDisconnect, OSError):  # OSError: ASGI servers of spec 2.4 say so from send()
+            log.info("request %s: client left during the stream; engine request aborted", self._request_id)
+        finally:
+            self._stream.close()
+
+
+async def _first_observed(events: AsyncIterable[bytes], on_first_event: Callable[[], None]) -> AsyncIterator[bytes]:
+    first = True
+    async for event in events:
+        yield event
+        if first:
+            on_first_event()
+            first = False
 
 
 def _parse_and_finish(raw_body: bytes, settings: Settings, shared: SharedAudioDir | None) -> ChatJob:

@@ -6,6 +6,7 @@ client yet), a stream that had started on the dead engine ends with an SSE error
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -31,26 +32,24 @@ def kill_tree(proc: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         return
     for p in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(family, timeout=30)
 
 
 @pytest.fixture(scope="module")
 def doomed_engine(tiny_checkpoint, tmp_path_factory) -> EngineProcess:
     last_core = str(max(os.sched_getaffinity(0)))  # vLLM binds the session engine to the first core
-    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log",
-                          cpu_bind=last_core)
+    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log", cpu_bind=last_core)
     yield engine
     kill_tree(engine.proc)
 
 
 def running(url: str) -> float:
     text = httpx.get(url + "/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:num_requests_running"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running")
+    )
 
 
 def test_replica_killed_under_load(engine_server, doomed_engine) -> None:

@@ -19,9 +19,8 @@ from audio_synth import audio_part, chat_body, encode, tone
 from fakes import FakeEngine, serve
 from waiting import wait_until
 
-from server.audio import decode_audio
+from server.audio import AudioLimits, decode_audio
 from server.config import load_settings
-from server.prepare import limits_of
 
 M = "fake-model"
 
@@ -44,7 +43,7 @@ def test_forwards_normalised_audio_and_unknown_fields(start_fake, start_gateway)
     fwd = sent["messages"][0]["content"][0]
     assert fwd["type"] == "input_audio" and fwd["input_audio"]["format"] == "wav"
     samples, rate = sf.read(io.BytesIO(base64.b64decode(fwd["input_audio"]["data"])), dtype="float32")
-    expected = decode_audio(base64.b64decode(part["input_audio"]["data"]), limits_of(load_settings()), "p")
+    expected = decode_audio(base64.b64decode(part["input_audio"]["data"]), AudioLimits.of(load_settings()), "p")
     assert rate == 16_000 and samples.dtype == np.float32
     np.testing.assert_array_equal(samples, expected.samples)
     assert sent["messages"][0]["content"][1] == {"type": "text", "text": "What do you hear?"}
@@ -102,14 +101,19 @@ def test_unknown_model_is_404(start_fake, start_gateway) -> None:
     _, url = start_fake()
     resp = httpx.post(start_gateway([url]) + "/v1/chat/completions", json=chat_body("nope"))
     assert resp.status_code == 404
-    assert error_of(resp) | {"message": ""} == {"message": "", "type": "invalid_request_error", "param": "model",
-                                               "code": "model_not_found"}
+    assert error_of(resp) | {"message": ""} == {
+        "message": "",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
 
 
 def test_timeout_is_504(start_fake, start_gateway) -> None:
     _, url = start_fake(mode="hang")
-    resp = httpx.post(start_gateway([url], request_timeout_s=0.5) + "/v1/chat/completions", json=chat_body(M),
-                      timeout=30)
+    resp = httpx.post(
+        start_gateway([url], request_timeout_s=0.5) + "/v1/chat/completions", json=chat_body(M), timeout=30
+    )
     assert resp.status_code == 504 and error_of(resp)["code"] == "timeout"
 
 
@@ -131,8 +135,7 @@ def test_broken_stream_ends_with_error_event(start_fake, start_gateway) -> None:
     client = openai.OpenAI(base_url=start_gateway([url]) + "/v1", api_key="x", max_retries=0)
     got = []
     with pytest.raises(openai.APIError, match="interrupted"):
-        for chunk in client.chat.completions.create(model=M, messages=[{"role": "user", "content": "hi"}],
-                                                    stream=True):
+        for chunk in client.chat.completions.create(model=M, messages=[{"role": "user", "content": "hi"}], stream=True):
             got.append(chunk.choices[0].delta.content)
     assert got == ["t0 ", "t1 "]
 
@@ -144,8 +147,12 @@ def test_client_disconnect_closes_upstream(start_fake, start_gateway) -> None:
         lines = resp.iter_lines()
         assert next(lines).startswith("data: ")
     wait_until(lambda: fake.aborted == 1)
-    wait_until(lambda: "alm_gateway_engine_in_flight_requests" in (m := httpx.get(gw + "/metrics").text)
-               and f'engine="{url[7:]}"}} 0.0' in m)
+    wait_until(
+        lambda: (
+            "alm_gateway_engine_in_flight_requests" in (m := httpx.get(gw + "/metrics").text)
+            and f'engine="{url[7:]}"}} 0.0' in m
+        )
+    )
 
 
 def test_client_disconnect_cancels_non_streamed_request(start_fake, start_gateway) -> None:
@@ -154,8 +161,9 @@ def test_client_disconnect_cancels_non_streamed_request(start_fake, start_gatewa
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gw + "/v1/chat/completions", json=chat_body(M), timeout=httpx.Timeout(60, read=0.5))
     wait_until(lambda: fake.aborted == 1)
-    wait_until(lambda: 'alm_gateway_requests_total{code="499",route="chat_completions"} 1.0'
-               in httpx.get(gw + "/metrics").text)
+    wait_until(
+        lambda: 'alm_gateway_requests_total{code="499",route="chat_completions"} 1.0' in httpx.get(gw + "/metrics").text
+    )
 
 
 @pytest.mark.parametrize("keys", [[], ["k1", "k2"]])
@@ -176,9 +184,12 @@ def test_metrics_exist_at_zero_and_count(start_fake, start_gateway) -> None:
     _, url = start_fake()
     gw = start_gateway([url])
     before = httpx.get(gw + "/metrics").text
-    for name in ('alm_gateway_requests_total{code="429",route="chat_completions"} 0.0',
-                 'alm_gateway_upstream_errors_total{kind="timeout"} 0.0', "alm_gateway_queue_depth 0.0",
-                 f'alm_gateway_engine_healthy{{engine="{url[7:]}"}} 1.0'):
+    for name in (
+        'alm_gateway_requests_total{code="429",route="chat_completions"} 0.0',
+        'alm_gateway_upstream_errors_total{kind="timeout"} 0.0',
+        "alm_gateway_queue_depth 0.0",
+        f'alm_gateway_engine_healthy{{engine="{url[7:]}"}} 1.0',
+    ):
         assert name in before
     httpx.post(gw + "/v1/chat/completions", json=chat_body(M, audio_part()))
     after = httpx.get(gw + "/metrics").text
@@ -211,8 +222,7 @@ def test_remote_audio_url(start_fake, start_gateway, stack) -> None:
     other = start_gateway([url], allow_audio_urls=True, audio_url_domains=["example.com"])
     resp = httpx.post(other + "/v1/chat/completions", json=chat_body(M, part))
     assert error_of(resp)["param"] == "messages[0].content[0].audio_url.url"
-    trusted = start_gateway([url], allow_audio_urls=True, audio_url_domains=["localhost"],
-                            audio_url_allow_private=True)
+    trusted = start_gateway([url], allow_audio_urls=True, audio_url_domains=["localhost"], audio_url_allow_private=True)
     assert httpx.post(trusted + "/v1/chat/completions", json=chat_body(M, part)).status_code == 200
     assert json.dumps(fake.bodies[-1]).count('"format": "wav"') == 1
 
@@ -245,13 +255,18 @@ def test_ingest_never_blocks_the_event_loop(start_fake, start_gateway, monkeypat
         assert pending.result().status_code == 200
 
 
-@pytest.mark.parametrize(("fmt", "status", "expected"), [("json", 200, '{"text":"hello from fake"}'),
-                                                       ("text", 200, "hello from fake"), ("srt", 400, None)])
+@pytest.mark.parametrize(
+    ("fmt", "status", "expected"),
+    [("json", 200, '{"text":"hello from fake"}'), ("text", 200, "hello from fake"), ("srt", 400, None)],
+)
 def test_transcription_formats(start_fake, start_gateway, fmt: str, status: int, expected: str | None) -> None:
     fake, url = start_fake()
     wav = encode(tone(1.0, 8_000, 2), 8_000, "wav")
-    resp = httpx.post(start_gateway([url]) + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
-                      data={"model": M, "response_format": fmt, "language": "de"})
+    resp = httpx.post(
+        start_gateway([url]) + "/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav)},
+        data={"model": M, "response_format": fmt, "language": "de"},
+    )
     assert resp.status_code == status
     if expected is None:
         assert error_of(resp)["param"] == "response_format" and not fake.bodies

@@ -101,8 +101,9 @@ async def test_health_checks_eject_and_readmit(start_fake, session) -> None:
 async def test_dns_expansion(start_fake, session) -> None:
     _, url = start_fake(model="m")
     port = url.rsplit(":", 1)[1]
-    pool = EnginePool(load_settings(engine_urls=[f"http://localhost:{port}"], engine_dns_expand=True),
-                      session, Metrics())
+    pool = EnginePool(
+        load_settings(engine_urls=[f"http://localhost:{port}"], engine_dns_expand=True), session, Metrics()
+    )
     await pool.check_all()
     assert f"http://127.0.0.1:{port}" in pool.engines
     assert pool.engines[f"http://127.0.0.1:{port}"].healthy
@@ -118,8 +119,7 @@ async def test_dns_discovery_adds_replicas_and_drops_vanished_ones_with_their_se
 
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
     metrics = Metrics()
-    pool = EnginePool(load_settings(engine_urls=["http://engine:8000"], engine_dns_expand=True),
-                      None, metrics)  # type: ignore[arg-type]  # discovery only: no HTTP
+    pool = EnginePool(load_settings(engine_urls=["http://engine:8000"], engine_dns_expand=True), None, metrics)  # type: ignore[arg-type]  # discovery only: no HTTP
     await pool.discover()
     assert sorted(pool.engines) == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
     addresses.pop()
@@ -127,3 +127,41 @@ async def test_dns_discovery_adds_replicas_and_drops_vanished_ones_with_their_se
     assert list(pool.engines) == ["http://10.0.0.1:8000"]
     exported = generate_latest(metrics.registry).decode()
     assert 'engine="10.0.0.1:8000"' in exported and 'engine="10.0.0.2:8000"' not in exported
+
+
+async def _settled(pool: EnginePool) -> None:
+    await asyncio.gather(*list(pool._probes.values()))
+
+
+async def test_suspect_keeps_a_models_last_engine_until_its_probe_fails(start_fake, session) -> None:
+    fake, url = start_fake(model="m")
+    pool = EnginePool(load_settings(engine_urls=[url]), session, Metrics())
+    await pool.check_all()
+    engine = pool.engines[url]
+    pool.suspect(engine, "test")
+    pool.suspect(engine, "test again")  # one probe at a time
+    assert engine.healthy and len(pool._probes) == 1
+    await _settled(pool)
+    assert engine.healthy and fake.health_checks == 2  # the probe passed: still in rotation
+    fake.healthy = False
+    pool.suspect(engine, "test")
+    assert engine.healthy
+    await _settled(pool)
+    assert not engine.healthy and not pool.ready()  # one failed probe ejects (eject_after_failures is 2)
+
+
+async def test_suspect_ejects_at_once_only_when_another_engine_serves_every_model(start_fake, session) -> None:
+    _, a_url = start_fake(model="m1")
+    _, b_url = start_fake(model="m1")
+    pool = EnginePool(load_settings(engine_urls=[a_url, b_url]), session, Metrics())
+    await pool.check_all()
+    a, b = pool.engines[a_url], pool.engines[b_url]
+    a.models = frozenset({"m1", "m2"})  # b cannot stand in for m2
+    pool.suspect(a, "test")
+    assert a.healthy
+    await _settled(pool)
+    a.models = frozenset({"m1"})
+    pool.suspect(a, "test")
+    assert not a.healthy and not pool._probes and (await pool.acquire("m1")) is b  # routed around at once
+    await pool.check_all()
+    assert a.healthy  # the next health round re-admits it

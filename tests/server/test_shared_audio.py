@@ -26,8 +26,11 @@ def test_clips_go_as_files_that_are_removed_after_the_answer(start_fake, start_g
     engine, engine_url = start_fake(model="m", bodies=CheckFiles())
     url = start_gateway([engine_url], shared_audio_dir=str(tmp_path))
     for stream in (False, True):
-        resp = httpx.post(url + "/v1/chat/completions", timeout=30,
-                          json=chat_body("m", audio_part("wav"), audio_part("flac"), stream=stream))
+        resp = httpx.post(
+            url + "/v1/chat/completions",
+            timeout=30,
+            json=chat_body("m", audio_part("wav"), audio_part("flac"), stream=stream),
+        )
         assert resp.status_code == 200, resp.text
     parts = [p for body in engine.bodies for p in body["messages"][0]["content"] if p["type"] != "text"]
     assert len(parts) == 4 and all(p["audio_url"]["url"].startswith(f"file://{tmp_path}/") for p in parts)

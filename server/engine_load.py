@@ -1,0 +1,112 @@
+"""An engine's load as one gateway sees it: the engine's own report, corrected by this gateway's traffic since.
+
+Every health round reads ``vllm:num_requests_running`` and ``vllm:num_requests_waiting`` from the engine's
+``/metrics``: they count the requests of *every* gateway in front of it. Between reports the gateway adds what
+it sent and subtracts what came back since the report was asked for, and never counts fewer than its own
+outstanding requests:
+
+    load = max(own outstanding, reported running + waiting + sent since − finished since)
+
+So several gateways in front of the same engines balance by the engines' real load, and one gateway alone
+routes exactly as by its own counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+RUNNING = b"vllm:num_requests_running"
+WAITING = b"vllm:num_requests_waiting"
+_WANTED = (RUNNING, WAITING)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an engine said, and this gateway's request totals when it asked (``sent``/``done`` at that time)."""
+
+    running: int
+    waiting: int
+    at: float
+    """``time.monotonic()`` when it was asked for."""
+    sent: int
+    done: int
+
+
+@dataclass
+class EngineLoad:
+    """The counters behind an engine's load; ``estimate()`` is what routing and admission compare."""
+
+    outstanding: int = 0
+    """This gateway's requests holding a slot on the engine."""
+    sent: int = 0
+    """This gateway's requests ever sent (slots handed out); with ``done``, what changed since a report."""
+    done: int = 0
+    report: Report | None = None
+
+    def start(self) -> None:
+        self.outstanding += 1
+        self.sent += 1
+
+    def finish(self) -> None:
+        self.outstanding -= 1
+        self.done += 1
+
+    def estimate(self, now: float, max_age_s: float) -> int:
+        """Requests the engine holds; a report older than ``max_age_s`` is ignored (own counts only)."""
+        report = self.report
+        if report is None or now - report.at > max_age_s:
+            return self.outstanding
+        since = (self.sent - report.sent) - (self.done - report.done)
+        return max(self.outstanding, report.running + report.waiting + since)
+
+
+class MetricsTooLarge(ValueError):
+    """The engine's ``/metrics`` answer ran past the byte limit before both series were read."""
+
+
+async def read_report(lines: AsyncIterable[bytes], max_bytes: int) -> tuple[int, int] | None:
+    """(running, waiting) from Prometheus text exposition lines, each family summed over its label sets
+    (one per served model / data-parallel rank); None if either family is missing or a value is not a finite
+    count. Stops at the first line after both families (a family's lines are contiguous in the format), so a
+    vLLM answer of ~100 KiB is read only up to its scheduler gauges."""
+    totals: dict[bytes, float] = {}
+    read = 0
+    async for line in lines:
+        read += len(line)
+        if read > max_bytes:
+            raise MetricsTooLarge(f"more than {max_bytes} bytes of /metrics before both load series")
+        name = _sample_name(line)
+        if name in _WANTED:
+            value = _sample_value(line)
+            if value is None:
+                return None
+            totals[name] = totals.get(name, 0.0) + value
+        elif len(totals) == len(_WANTED) and not line.startswith(b"#"):
+            break
+    if len(totals) < len(_WANTED):
+        return None
+    return round(totals[RUNNING]), round(totals[WAITING])
+
+
+def _sample_name(line: bytes) -> bytes:
+    end = len(line)
+    for stop in (b"{", b" "):
+        at = line.find(stop, 0, end)
+        if at >= 0:
+            end = at
+    return line[:end].strip()
+
+
+def _sample_value(line: bytes) -> float | None:
+    """The value of ``name{labels} value [timestamp]``; None unless a finite, non-negative number."""
+    close = line.rfind(b"}")
+    fields = line[close + 1 if close >= 0 else 0 :].split()
+    if close < 0:
+        fields = fields[1:]  # drop the name
+    try:
+        value = float(fields[0])
+    except (IndexError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
