@@ -21,7 +21,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineProcess:
     """A running vLLM OpenAI server on the tiny checkpoint: `.url`, `.model`, `.proc`, `.log()`,
     `.shared_audio_dir` (files there may be handed to it by URL)."""
-    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine") / "engine.log",
-                          shared_audio_dir=tmp_path_factory.mktemp("shared-audio"))
+    engine = start_engine(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("engine") / "engine.log",
+        shared_audio_dir=tmp_path_factory.mktemp("shared-audio"),
+    )
     yield engine
     engine.stop()

