@@ -59,8 +59,7 @@ def main() -> None:
     def run(waveforms, max_tokens: int) -> dict:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         prompts = [
-            {"prompt": prompt_text(i), "multi_modal_data": {"audio": (w, SAMPLE_RATE)}}
-            for i, w in enumerate(waveforms)
+            {"prompt": prompt_text(i), "multi_modal_data": {"audio": (w, SAMPLE_RATE)}} for i, w in enumerate(waveforms)
         ]
         t0 = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)

@@ -62,8 +62,12 @@ class AudioTower:
     def __call__(self, waves: torch.Tensor) -> torch.Tensor:
         t, e = self.t, self.enc
         mel = self.log_mel(waves) * self.bn_scale[:, None] + self.bn_shift[:, None]
-        x = F.conv2d(mel[:, None], t["encoder.patch_embed.proj.weight"], t["encoder.patch_embed.proj.bias"],
-                     stride=tuple(e["patch_stride"]))  # fmt: skip  (B, dim, 1, patches)
+        x = F.conv2d(
+            mel[:, None],
+            t["encoder.patch_embed.proj.weight"],
+            t["encoder.patch_embed.proj.bias"],
+            stride=tuple(e["patch_stride"]),
+        )  # fmt: skip  (B, dim, 1, patches)
         outputs = []
         for window in x.split(e["target_length"] // e["patch_stride"][1], dim=-1):
             h = window + t["encoder.time_pos_embed"][..., : window.shape[-1]] + t["encoder.freq_pos_embed"]
@@ -116,7 +120,7 @@ class HFBaseline:
     def generate(self, texts: list[str], waves: list, max_tokens: int) -> list[list[int]]:
         """A static batch: one audio-tower forward, left-padded prompts, one generate()."""
         audio = self.audio(torch.stack([torch.as_tensor(w) for w in waves]))
-        embeds = [self.prompt_embeds(text, a) for text, a in zip(texts, audio)]
+        embeds = [self.prompt_embeds(text, a) for text, a in zip(texts, audio, strict=True)]
         longest = max(e.shape[0] for e in embeds)
         batch = torch.zeros(len(embeds), longest, embeds[0].shape[1])
         mask = torch.zeros(len(embeds), longest, dtype=torch.long)

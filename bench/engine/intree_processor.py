@@ -41,7 +41,7 @@ class MiDashengLMProcessor(ProcessorMixin):
             clips = [np.asarray(clip, dtype=np.float32).reshape(-1) for clip in audio]
             lengths = [clip.size for clip in clips]
             padded = np.zeros((len(clips), max(lengths)), dtype=np.float32)
-            for row, clip in zip(padded, clips):
+            for row, clip in zip(padded, clips, strict=True):
                 row[: clip.size] = clip
             data["input_values"] = torch.from_numpy(padded)
             data["audio_length"] = torch.tensor(lengths, dtype=torch.long)

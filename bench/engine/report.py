@@ -30,7 +30,7 @@ def samples_table(result: dict) -> list[str]:
         agree = ""
         if REFERENCE in rounds[0] and name != REFERENCE:
             same = sum(
-                a == b for row in rounds for a, b in zip(row[name]["tokens"], row[REFERENCE]["tokens"])
+                a == b for row in rounds for a, b in zip(row[name]["tokens"], row[REFERENCE]["tokens"], strict=True)
             )
             total = sum(len(row[name]["tokens"]) for row in rounds)
             agree = f"{same}/{total} sequences"

@@ -41,8 +41,14 @@ SYSTEMS = {
 }
 DEFAULT_SYSTEMS = {
     "tiny": ["ours-compiled", "ours-eager", "intree-compiled", "intree-eager", "hf-batch1", "hf-batch32"],
-    "bench": ["ours-compiled", "ours-compiled-2cores", "intree-compiled", "hf-batch1", "hf-batch32",
-              "hf-batch32-1thread"],
+    "bench": [
+        "ours-compiled",
+        "ours-compiled-2cores",
+        "intree-compiled",
+        "hf-batch1",
+        "hf-batch32",
+        "hf-batch32-1thread",
+    ],
     "large": ["ours-compiled", "ours-compiled-2cores", "hf-batch1", "hf-batch32"],
 }
 DEFAULT_ROUNDS = {"tiny": 5, "bench": 5, "large": 2}  # large: ~45 s per round (hf-batch1 alone ~20 s)
@@ -173,8 +179,10 @@ def micro(args, logs: Path) -> dict:
             w.stop()
     if not args.skip_intree:
         model = intree_checkpoint(checkpoint("tiny"), CACHE / "ckpt-tiny-intree")
-        w = Worker("intree-micro", "bench.engine.micro_worker", ["--model", str(model), "--no-model", "--trust-remote-code"],
-                   logs / "intree-micro.log", intree_env(CACHE)).start()  # fmt: skip
+        flags = ["--model", str(model), "--no-model", "--trust-remote-code"]
+        w = Worker(
+            "intree-micro", "bench.engine.micro_worker", flags, logs / "intree-micro.log", intree_env(CACHE)
+        ).start()
         try:
             out["preprocess"]["intree"] = w.call(cmd="preprocess", seconds=30.0, repeats=20)
         finally:
@@ -275,8 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     if "micro" in results:
         print("\nencoder (our MiDashengLM.embed_audio = encoder + projector), ms per second of audio:")
         for key, value in results["micro"]["encoder"].items():
-            print(f"  {key:32}: all {args.clips} clips in one call "
-                  f"{value['batched_ms_per_audio_s']:.3f} ms/s; one clip per call {value['per_clip_ms_per_audio_s']:.3f} ms/s")  # fmt: skip
+            print(
+                f"  {key:32}: all {args.clips} clips in one call {value['batched_ms_per_audio_s']:.3f} ms/s; "
+                f"one clip per call {value['per_clip_ms_per_audio_s']:.3f} ms/s"
+            )
         print("engine-side preprocessing per request, one 30 s clip (parse + processor + prompt update + hashing):")
         for key, value in results["micro"]["preprocess"].items():
             print(f"  {key:7} CPU {value['cpu_ms']:.2f} ms, wall {value['wall_ms']:.2f} ms  ({value['processor']})")
@@ -284,9 +294,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nlong audio ({args.long_seconds} s in one generate call, 8 tokens each), RSS of the engine processes:")
         for key, value in results["long_audio"].items():
             if value.get("peak_total_mib"):
-                print(f"  {key:26} idle {value['idle_total_mib']:.0f} MiB -> peak {value['peak_total_mib']:.0f} MiB "
-                      f"(largest process {value['peak_largest_mib']:.0f} MiB), {value['wall_s'] or 0:.1f} s"
-                      + (f", ERROR {value['error']}" if value["error"] else f", generated {value['generated']}"))  # fmt: skip
+                outcome = f", ERROR {value['error']}" if value["error"] else f", generated {value['generated']}"
+                print(
+                    f"  {key:26} idle {value['idle_total_mib']:.0f} MiB -> peak {value['peak_total_mib']:.0f} MiB "
+                    f"(largest process {value['peak_largest_mib']:.0f} MiB), {value['wall_s'] or 0:.1f} s{outcome}"
+                )
             else:
                 print(f"  {key:26} ERROR {value['error']}")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")

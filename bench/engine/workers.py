@@ -1,6 +1,7 @@
 """Parent side of the worker processes (engine_worker, hf_worker, micro_worker):
 start one, send it JSON commands, read JSON results, watch its memory."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from server.launcher import stop_process
+from alm.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 600
@@ -127,10 +128,8 @@ class Worker:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        try:
+        with contextlib.suppress(psutil.Error):
             self.resume()
-        except psutil.Error:
-            pass
         try:
             self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
             self.proc.stdin.flush()
@@ -140,8 +139,14 @@ class Worker:
 
 
 def engine_worker(
-    name: str, model: Path, log_dir: Path, *, eager: bool, max_num_batched_tokens: int | None = None,
-    env: dict[str, str] | None = None, trust_remote_code: bool = False,
+    name: str,
+    model: Path,
+    log_dir: Path,
+    *,
+    eager: bool,
+    max_num_batched_tokens: int | None = None,
+    env: dict[str, str] | None = None,
+    trust_remote_code: bool = False,
 ) -> Worker:
     """A vLLM engine; with intree.intree_env() in `env` it runs vLLM's in-tree class."""
     args = ["--model", str(model)]

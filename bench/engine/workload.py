@@ -15,7 +15,7 @@ QUESTIONS = ("what do you hear?", "describe the sound.", "caption this clip.", "
 def clip(seconds: float, seed: int) -> np.ndarray:
     """Varied audio: a chirp, a few harmonics, amplitude modulation and noise; float32 16 kHz."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * SAMPLE_RATE)), dtype=np.float64) / SAMPLE_RATE
+    t = np.arange(round(seconds * SAMPLE_RATE), dtype=np.float64) / SAMPLE_RATE
     f0, f1 = rng.uniform(80, 400), rng.uniform(200, 3000)
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * max(seconds, 1e-3)))
     tone = sum(rng.uniform(0.05, 0.3) / k * np.sin(k * phase) for k in range(1, 4))

@@ -6,6 +6,9 @@ a `text_config` of model_type `qwen2_5_omni_text` and `audio_token_id`.
 Registering these classes with vLLM lets that file load without `trust_remote_code`.
 """
 
+from collections.abc import Sequence
+from typing import ClassVar
+
 from transformers import PretrainedConfig
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
     Qwen2_5OmniTextConfig,
@@ -29,8 +32,8 @@ class DashengEncoderConfig(PretrainedConfig):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         init_values: float | None = None,
-        patch_size: list[int] | int = (64, 4),
-        patch_stride: list[int] | int = (64, 4),
+        patch_size: Sequence[int] | int = (64, 4),  # config.json has a list
+        patch_stride: Sequence[int] | int = (64, 4),
         input_channels: int = 1,
         target_length: int = 1008,
         sample_rate: int = 16000,
@@ -77,7 +80,10 @@ class DashengEncoderConfig(PretrainedConfig):
 
 class MiDashengLMConfig(PretrainedConfig):
     model_type = "midashenglm"
-    sub_configs = {"audio_encoder_config": DashengEncoderConfig, "text_config": Qwen2_5OmniTextConfig}
+    sub_configs: ClassVar[dict[str, type[PretrainedConfig]]] = {
+        "audio_encoder_config": DashengEncoderConfig,
+        "text_config": Qwen2_5OmniTextConfig,
+    }
 
     def __init__(
         self,
@@ -86,8 +92,11 @@ class MiDashengLMConfig(PretrainedConfig):
         text_config: dict | Qwen2_5OmniTextConfig | None = None,
         audio_token_id: int | None = None,
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+        max_encoder_windows: int | None = None,
         **kwargs,
     ):
+        if max_encoder_windows is not None and int(max_encoder_windows) < 1:
+            raise ValueError(f"max_encoder_windows must be >= 1, got {max_encoder_windows}")
         if not isinstance(audio_encoder_config, DashengEncoderConfig):
             audio_encoder_config = DashengEncoderConfig(**(audio_encoder_config or {}))
         if not isinstance(text_config, Qwen2_5OmniTextConfig):
@@ -97,6 +106,8 @@ class MiDashengLMConfig(PretrainedConfig):
         self.subsample_factor = subsample_factor
         self.audio_token_id = audio_token_id
         self.max_audio_seconds = float(max_audio_seconds)
+        # Encoder windows per forward (sizing.py); None = what vLLM's start-up profile ran.
+        self.max_encoder_windows = None if max_encoder_windows is None else int(max_encoder_windows)
         super().__init__(**kwargs)
 
     def get_text_config(self, *args, **kwargs) -> Qwen2_5OmniTextConfig:
@@ -118,7 +129,7 @@ def _text_config(values: dict) -> Qwen2_5OmniTextConfig:
     return config
 
 
-def _pair(value) -> tuple[int, int]:
+def _pair(value: Sequence[int] | int) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
     first, second = value

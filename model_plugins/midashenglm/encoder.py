@@ -1,13 +1,11 @@
 """The Dasheng audio transformer: a ViT over 64x4 (mel x frame) patches.
 
-Clips are cut into windows of `target_length` frames (~10 s). The windows of every
-clip in a batch run as ONE batched forward, zero-padded to the longest window in the
-batch (so a batch of short clips does not pay for 10 s windows); padding is masked out
-of attention, so a clip's output is the same whatever else shares the batch. Submodule names follow the published
+Clips are cut into windows of `target_length` frames (~10 s) that run in bounded chunks
+(windows.py); padding is masked out of attention, so a clip's output is the same whatever
+else shares the step. The mel front end and the BatchNorm over mel bins run in float32; the
+features are cast to the model dtype only after. Submodule names follow the published
 checkpoint (`audio_encoder.blocks.0.attn.qkv.weight`, ...).
 """
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +20,20 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.quantization import QuantizationConfig
 
 from .config import DashengEncoderConfig
-from .frontend import LogMelFrontend
+from .frontend import LogMelFrontend, PackedMels
+from .host import to_device
+from .windows import plan_windows
+
+# Windows per encoder forward when the engine does not size it (tests, benches): 64 x 10 s.
+DEFAULT_MAX_WINDOWS = 64
 
 
 class DashengAttention(nn.Module):
-    def __init__(self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None, prefix: str):
+    def __init__(
+        self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None, prefix: str, replicated: bool
+    ):
         super().__init__()
-        tp_size = get_tensor_model_parallel_world_size()
+        tp_size = 1 if replicated else get_tensor_model_parallel_world_size()
         if config.num_heads % tp_size:
             raise ValueError(f"encoder num_heads={config.num_heads} is not divisible by tensor parallel size {tp_size}")
         self.head_dim = config.embed_dim // config.num_heads
@@ -41,28 +46,40 @@ class DashengAttention(nn.Module):
             bias=config.qkv_bias,
             quant_config=quant_config,
             prefix=f"{prefix}.qkv",
+            disable_tp=replicated,
         )
         self.proj = RowParallelLinear(
-            config.embed_dim, config.embed_dim, quant_config=quant_config, prefix=f"{prefix}.proj"
+            config.embed_dim,
+            config.embed_dim,
+            quant_config=quant_config,
+            prefix=f"{prefix}.proj",
+            disable_tp=replicated,
         )
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x: (windows, patches, dim); key_mask: (windows, patches), True = real patch."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (windows, patches, dim); key_mask: (windows, patches), True = real patch; None = all real."""
         windows, patches, _ = x.shape
         qkv, _ = self.qkv(x)
         q, k, v = qkv.view(windows, patches, 3, self.local_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out, _ = self.proj(out.transpose(1, 2).reshape(windows, patches, -1))
         return out
 
 
 class DashengMlp(nn.Module):
-    def __init__(self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None, prefix: str):
+    def __init__(
+        self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None, prefix: str, replicated: bool
+    ):
         super().__init__()
         hidden = int(config.embed_dim * config.mlp_ratio)
-        self.fc1 = ColumnParallelLinear(config.embed_dim, hidden, quant_config=quant_config, prefix=f"{prefix}.fc1")
+        self.fc1 = ColumnParallelLinear(
+            config.embed_dim, hidden, quant_config=quant_config, prefix=f"{prefix}.fc1", disable_tp=replicated
+        )
         self.act = get_act_fn("gelu")
-        self.fc2 = RowParallelLinear(hidden, config.embed_dim, quant_config=quant_config, prefix=f"{prefix}.fc2")
+        self.fc2 = RowParallelLinear(
+            hidden, config.embed_dim, quant_config=quant_config, prefix=f"{prefix}.fc2", disable_tp=replicated
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self.fc1(x)
@@ -82,17 +99,19 @@ class LayerScale(nn.Module):
 class DashengBlock(nn.Module):
     """Pre-norm transformer block; LayerScale when the config sets init_values."""
 
-    def __init__(self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None, prefix: str):
+    def __init__(
+        self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None, prefix: str, replicated: bool
+    ):
         super().__init__()
         dim, scale = config.embed_dim, config.init_values
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = DashengAttention(config, quant_config, prefix=f"{prefix}.attn")
+        self.attn = DashengAttention(config, quant_config, prefix=f"{prefix}.attn", replicated=replicated)
         self.ls1 = LayerScale(dim, scale) if scale else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = DashengMlp(config, quant_config, prefix=f"{prefix}.mlp")
+        self.mlp = DashengMlp(config, quant_config, prefix=f"{prefix}.mlp", replicated=replicated)
         self.ls2 = LayerScale(dim, scale) if scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), key_mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -108,88 +127,122 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-@dataclass
-class WindowBatch:
-    """Every clip's windows stacked for one forward.
+class DashengEncoder(nn.Module):
+    """list of (samples,) waveforms -> every clip's (patches_i, embed_dim) features.
 
-    mels: (windows, 1, n_mels, width) log-mel frames, zero-padded to the longest window.
-    key_mask: (windows, width // frames_per_patch) True where the patch holds real frames.
-    patches_per_clip: valid time patches of each clip (frames // frames_per_patch).
+    max_windows: the most windows one forward runs (activation memory is linear in it).
+    replicated: whole weights on every tensor-parallel rank (data-parallel encoder), not shards.
     """
 
-    mels: torch.Tensor
-    key_mask: torch.Tensor
-    patches_per_clip: list[int]
-
-
-class DashengEncoder(nn.Module):
-    """list of (samples,) waveforms -> list of (patches_i, embed_dim) features."""
-
-    def __init__(self, config: DashengEncoderConfig, quant_config: QuantizationConfig | None = None, prefix: str = ""):
+    def __init__(
+        self,
+        config: DashengEncoderConfig,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+        max_windows: int = DEFAULT_MAX_WINDOWS,
+        replicated: bool = False,
+    ):
         super().__init__()
         self.config = config
+        self.max_windows = max_windows
         grid_freq = config.n_mels // config.patch_stride[0]
         if grid_freq != 1:  # the published 64x4 patches span all mel bins: one token per time step
             raise ValueError(
                 f"patches must span all {config.n_mels} mel bins, got patch height {config.patch_stride[0]}"
             )
         self.front_end = LogMelFrontend(config)
-        self.init_bn = nn.BatchNorm2d(config.n_mels, momentum=0.01)  # over mel bins
+        # float32 whatever the default dtype: normalising in bf16 would round the mels first.
+        self.init_bn = nn.BatchNorm2d(config.n_mels, momentum=0.01, dtype=torch.float32)  # over mel bins
         self.patch_embed = PatchEmbed(config)
         self.time_pos_embed = nn.Parameter(torch.zeros(1, config.embed_dim, 1, config.patches_per_window))
         self.freq_pos_embed = nn.Parameter(torch.zeros(1, config.embed_dim, grid_freq, 1))
         self.blocks = nn.ModuleList(
-            DashengBlock(config, quant_config, prefix=f"{prefix}.blocks.{i}") for i in range(config.depth)
+            DashengBlock(config, quant_config, prefix=f"{prefix}.blocks.{i}", replicated=replicated)
+            for i in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
 
-    def windows(self, waveforms: list[torch.Tensor]) -> WindowBatch:
-        """Log-mel each clip on its own, then cut it into zero-padded windows."""
-        target, per_patch = self.config.target_length, self.config.frames_per_patch
-        chunks, valid_frames, patches_per_clip = [], [], []
-        for waveform in waveforms:
-            mel = self.front_end(waveform)  # (n_mels, frames)
-            patches = mel.shape[-1] // per_patch
-            if patches == 0:
-                raise ValueError(f"audio of {waveform.shape[-1]} samples is too short for one encoder patch")
-            patches_per_clip.append(patches)
-            # Trailing frames that do not fill a patch are dropped, as the patch conv
-            # would; so every window holds at least one real patch.
-            mel = mel[:, : patches * per_patch]
-            for start in range(0, mel.shape[-1], target):
-                chunk = mel[:, start : start + target]
-                valid_frames.append(chunk.shape[-1])
-                chunks.append(chunk)
-        width = max(valid_frames)  # a multiple of frames_per_patch, at most target_length
-        valid_patches = torch.tensor(valid_frames, device=chunks[0].device) // per_patch
-        positions = torch.arange(width // per_patch, device=chunks[0].device)
-        return WindowBatch(
-            mels=torch.stack([F.pad(chunk, (0, width - chunk.shape[-1])) for chunk in chunks]).unsqueeze(1),
-            key_mask=positions[None, :] < valid_patches[:, None],
-            patches_per_clip=patches_per_clip,
-        )
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embed.proj.weight.dtype
 
-    def forward_windows(self, mels: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """(windows, 1, n_mels, frames) -> (windows, patches, embed_dim)."""
-        x = mels.to(self.time_pos_embed.dtype)
-        x = self.init_bn(x.transpose(1, 2)).transpose(1, 2)  # normalise each mel bin
-        x = self.patch_embed(x)  # (windows, dim, grid_freq, patches)
+    def features(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, PackedMels]:
+        """The encoder's input features: (n_mels, total_frames + target_length) log-mel, BatchNorm'd
+        in float32, then cast to the model dtype; columns laid out as in the returned PackedMels,
+        then target_length zero columns, so a whole window can be gathered from any clip."""
+        packed = self.front_end(waveforms)
+        bn = self.init_bn
+        if bn.running_mean is None or bn.running_var is None:  # created with track_running_stats (default)
+            raise RuntimeError("init_bn has no running statistics")
+        scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+        shift = bn.bias.float() - bn.running_mean.float() * scale
+        normed = packed.mels * scale[:, None] + shift[:, None]
+        return F.pad(normed.to(self.dtype), (0, self.config.target_length)), packed
+
+    def gather_windows(
+        self, features: torch.Tensor, starts: torch.Tensor, valid_frames: torch.Tensor, width: int
+    ) -> torch.Tensor:
+        """(n_mels, total_frames) + per-window start column and real frames (k,) on the device
+        -> (k, 1, n_mels, width) windows, frames past each window's real ones zeroed."""
+        offsets = torch.arange(width, device=features.device)
+        windows = features[:, starts[:, None] + offsets]  # (n_mels, k, width)
+        real = offsets[None, :] < valid_frames[:, None]  # (k, width)
+        return torch.where(real[:, None, :], windows.transpose(0, 1), 0).unsqueeze(1)
+
+    def forward_windows(self, windows: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """(windows, 1, n_mels, frames) normalised features -> (windows, frames // 4, embed_dim).
+
+        key_mask: (windows, frames // 4), True = real patch; None when every patch is real.
+        """
+        x = self.patch_embed(windows)  # (windows, dim, grid_freq, patches)
         x = x + self.time_pos_embed[..., : x.shape[-1]] + self.freq_pos_embed
         x = x.flatten(2).transpose(1, 2)  # (windows, grid_freq * patches, dim)
         for block in self.blocks:
             x = block(x, key_mask)
         return self.norm(x)
 
+    def patches_per_clip(self, packed: PackedMels) -> list[int]:
+        patches = [frames // self.config.frames_per_patch for frames in packed.frames]
+        if min(patches) < 1:
+            raise ValueError("an audio clip is too short for one encoder patch")
+        return patches
+
+    def encode(self, waveforms: list[torch.Tensor], keep: list[int] | None = None) -> torch.Tensor:
+        """-> (sum(keep), embed_dim): the first keep[i] patch outputs of each clip, clip after clip
+        (all patches when keep is None)."""
+        features, packed = self.features(waveforms)
+        patches = self.patches_per_clip(packed)
+        per_patch = self.config.frames_per_patch
+        plan = plan_windows(patches, self.config.patches_per_window, self.max_windows)
+        bases, kept, before = plan.keep_layout(patches if keep is None else keep)
+        starts = [
+            packed.frame_offsets[clip] + index * self.config.target_length
+            for clip, index in zip(plan.clip, plan.index, strict=True)
+        ]
+        meta = to_device([starts, [v * per_patch for v in plan.valid], bases, kept, before], features.device)
+        # Each chunk's output goes straight into one buffer, so only one chunk's activations live at a time.
+        rows_out = plan.row_base[-1] + plan.chunks[-1].width if plan.chunks else 0
+        flat = torch.empty(rows_out, self.config.embed_dim, dtype=self.dtype, device=features.device)
+        for chunk in plan.chunks:
+            span = slice(chunk.start, chunk.stop)
+            windows = self.gather_windows(features, meta[0, span], meta[1, span], chunk.width * per_patch)
+            key_mask = None
+            if chunk.masked:
+                key_mask = torch.arange(chunk.width, device=features.device) < (meta[1, span, None] // per_patch)
+            out = self.forward_windows(windows, key_mask)
+            first = plan.row_base[chunk.start]
+            flat[first : first + out.shape[0] * out.shape[1]].copy_(out.flatten(0, 1))
+            del windows, out
+        return flat.index_select(0, gather_rows(meta[2], meta[3], meta[4], sum(kept)))
+
     def forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        batch = self.windows(waveforms)
-        features = self.forward_windows(batch.mels, batch.key_mask)
-        # Windows are in clip order and only the last window of a clip is partial,
-        # so a clip's patches are the first `patches` rows of its windows, in order.
-        flat = features.flatten(0, 1)
-        per_window = features.shape[1]
-        outputs, window = [], 0
-        for patches in batch.patches_per_clip:
-            count = -(-patches // per_window)
-            outputs.append(flat[window * per_window : window * per_window + patches])
-            window += count
-        return outputs
+        """-> list of (patches_i, embed_dim)."""
+        patches = [self.front_end.num_frames(int(w.shape[-1])) // self.config.frames_per_patch for w in waveforms]
+        return list(self.encode(waveforms).split(patches))
+
+
+def gather_rows(bases: torch.Tensor, kept: torch.Tensor, before: torch.Tensor, total: int) -> torch.Tensor:
+    """Row indices (total,) that pick `kept[w]` rows from `bases[w]` on, window after window,
+    built on the device (output_size given: no sync)."""
+    window = torch.repeat_interleave(torch.arange(bases.shape[0], device=bases.device), kept, output_size=total)
+    return bases[window] + torch.arange(total, device=bases.device) - before[window]

@@ -2,12 +2,14 @@
 
 The decoder is vLLM's registered `Qwen2ForCausalLM`, so continuous batching, chunked
 prefill, torch.compile and CUDA graphs apply to it unchanged. The audio tower runs
-eagerly when vLLM asks for multimodal embeddings: every clip of the step in one batch.
-Waveforms reach it as float32 (our processor bypasses vLLM's cast of processor outputs
-to the model dtype), so the mel front end keeps full precision when the model runs bf16.
+when vLLM asks for multimodal embeddings: every clip of the step through one batched front
+end, then windows in bounded chunks (eagerly, or replayed from encoder CUDA graphs on GPUs:
+cudagraph.py). Waveforms reach it as float32 (our processor bypasses vLLM's cast of processor
+outputs to the model dtype), so the mel front end keeps full precision when the model runs bf16.
 """
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch import nn
@@ -19,6 +21,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
 from .config import MiDashengLMConfig
+from .cudagraph import DashengEncoderCudaGraph
+from .data_parallel import run_sharded
 from .encoder import DashengEncoder
 from .processing import (
     AUDIO_PLACEHOLDER,
@@ -27,7 +31,11 @@ from .processing import (
     MiDashengLMProcessingInfo,
 )
 from .projector import SubsampleProjector
+from .sizing import profiled_encoder_windows
 from .weights import PUBLISHED_WEIGHTS, TensorRecorder, expected_tensors
+
+if TYPE_CHECKING:
+    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 
 # Under the "vllm" logger tree so vLLM's log handlers print it in every process.
 logger = init_logger(f"vllm.plugins.{__name__}")
@@ -38,10 +46,11 @@ logger = init_logger(f"vllm.plugins.{__name__}")
     info=MiDashengLMProcessingInfo,
     dummy_inputs=MiDashengLMDummyInputsBuilder,
 )
-class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP):
+class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP, DashengEncoderCudaGraph):
     hf_to_vllm_mapper = PUBLISHED_WEIGHTS
+    supports_encoder_tp_data = True  # --mm-encoder-tp-mode data: data_parallel.py
     # The decoder's fused layers, so quantization configs find their shards.
-    packed_modules_mapping = {
+    packed_modules_mapping: ClassVar[dict[str, list[str]]] = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
     }
@@ -54,7 +63,8 @@ class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        config: MiDashengLMConfig = vllm_config.model_config.hf_config
+        # vLLM types hf_config as any PretrainedConfig; ours is the one registered for model_type midashenglm.
+        config = cast(MiDashengLMConfig, vllm_config.model_config.hf_config)
         quant_config = vllm_config.quant_config
         self.config = config
         logger.info(
@@ -64,9 +74,25 @@ class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP):
             config.max_audio_seconds,
         )
 
+        max_windows = profiled_encoder_windows(vllm_config, config)
+        mm_config = vllm_config.model_config.multimodal_config
+        self.encoder_data_parallel = (
+            mm_config is not None
+            and mm_config.mm_encoder_tp_mode == "data"
+            and vllm_config.parallel_config.tensor_parallel_size > 1
+        )
+        logger.info(
+            "MiDashengLM: the audio encoder runs at most %d windows per forward%s",
+            max_windows,
+            ", data parallel across tensor-parallel ranks" if self.encoder_data_parallel else "",
+        )
         with self._mark_tower_model(vllm_config, "audio"):
             self.encoder = DashengEncoder(
-                config.audio_encoder_config, quant_config, prefix=maybe_prefix(prefix, "encoder")
+                config.audio_encoder_config,
+                quant_config,
+                prefix=maybe_prefix(prefix, "encoder"),
+                max_windows=max_windows,
+                replicated=self.encoder_data_parallel,
             )
             self.projector = SubsampleProjector(
                 config.audio_encoder_config.embed_dim,
@@ -74,27 +100,56 @@ class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP):
                 config.subsample_factor,
                 quant_config,
                 prefix=maybe_prefix(prefix, "projector"),
+                replicated=self.encoder_data_parallel,
             )
 
         with self._mark_language_model(vllm_config):
-            self.language_model = init_vllm_registered_model(
-                vllm_config=vllm_config,
-                hf_config=config.text_config,
-                prefix=maybe_prefix(prefix, "language_model"),
-                architectures=["Qwen2ForCausalLM"],
+            # Typed as nn.Module by vLLM; `architectures` pins the class it builds.
+            self.language_model = cast(
+                "Qwen2ForCausalLM",
+                init_vllm_registered_model(
+                    vllm_config=vllm_config,
+                    hf_config=config.text_config,
+                    prefix=maybe_prefix(prefix, "language_model"),
+                    architectures=["Qwen2ForCausalLM"],
+                ),
             )
 
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
+    def audio_tokens(self, waveforms: list[torch.Tensor]) -> list[int]:
+        """Decoder tokens per clip, from shapes only (host ints, no device sync)."""
+        encoder = self.encoder
+        per_patch = encoder.config.frames_per_patch
+        return [
+            self.projector.num_tokens(encoder.front_end.num_frames(int(w.shape[-1])) // per_patch) for w in waveforms
+        ]
+
     def embed_audio(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         """list of (samples,) 16 kHz waveforms -> list of (tokens_i, text_hidden)."""
-        return self.projector(self.encoder(waveforms))
+        if not (self.encoder_data_parallel and waveforms):
+            return self.embed_audio_local(waveforms)
+        return run_sharded(
+            waveforms,
+            self._windows_per_clip(waveforms),
+            self.audio_tokens(waveforms),
+            self.embed_audio_local,
+            self.config.text_config.hidden_size,
+            self.encoder.dtype,
+        )
+
+    def embed_audio_local(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """embed_audio on this rank alone (every clip here, whatever the encoder TP mode)."""
+        tokens = self.audio_tokens(waveforms)
+        frames = self.encoder.encode(waveforms, keep=[n * self.projector.factor for n in tokens])
+        return list(self.projector(frames).split(tokens))
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        waveforms = kwargs.get("waveform")
+        # The "waveform" field of _get_mm_fields_config: vLLM stacks equal-length clips into one
+        # (clips, samples) tensor and lists the others; kwargs are typed as object.
+        waveforms = cast("torch.Tensor | list[torch.Tensor] | None", kwargs.get("waveform"))
         if waveforms is None:
             return []
-        # vLLM stacks equal-length clips into one tensor and lists the others.
         return self.embed_audio(list(waveforms))
 
     def forward(

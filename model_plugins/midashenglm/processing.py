@@ -7,14 +7,17 @@ to exactly the number of embeddings the encoder + projector produce for it.
 """
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from transformers import BatchFeature
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.inputs import MultiModalDataDict
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser
+from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataItems, MultiModalDataParser
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
@@ -66,6 +69,16 @@ class MiDashengLMProcessingInfo(BaseProcessingInfo):
             expected_hidden_size=self._get_expected_hidden_size(),
         )
 
+    def audio_token_id(self) -> int:
+        """`audio_token_id` of the published config.json; the tokenizer only if a config lacks it
+        (looked up once per processor, not per request)."""
+        token_id = self.get_hf_config().audio_token_id
+        return int(token_id) if token_id is not None else self._tokenizer_audio_token_id
+
+    @cached_property
+    def _tokenizer_audio_token_id(self) -> int:
+        return int(self.get_tokenizer().convert_tokens_to_ids(AUDIO_TOKEN))
+
     def max_audio_samples(self) -> int:
         config = self.get_hf_config()
         return int(config.max_audio_seconds * config.audio_encoder_config.sample_rate)
@@ -90,7 +103,7 @@ class MiDashengLMDummyInputsBuilder(BaseDummyInputsBuilder[MiDashengLMProcessing
         return AUDIO_PLACEHOLDER * mm_counts.get("audio", 0)
 
     def get_dummy_mm_data(
-        self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Mapping[str, MultiModalDummyOptions]
+        self, seq_len: int, mm_counts: Mapping[str, int], mm_options: MultiModalDummyOptions
     ) -> MultiModalDataDict:
         return {
             "audio": self._get_dummy_audios(
@@ -104,7 +117,8 @@ class MiDashengLMDummyInputsBuilder(BaseDummyInputsBuilder[MiDashengLMProcessing
 class MiDashengLMMultiModalProcessor(BaseMultiModalProcessor[MiDashengLMProcessingInfo]):
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         """Validate each clip and hand its waveform to the model (no HF processor)."""
-        clips = hf_data.get("audio") or []
+        # vLLM hands over the parsed audio items (one waveform per clip) under "audio"; the base types values as object.
+        clips = cast("Sequence[npt.ArrayLike]", hf_data.get("audio") or [])
         sample_rate = self.info.get_hf_config().audio_encoder_config.sample_rate
         longest, shortest = self.info.max_audio_samples(), self.info.min_audio_samples()
         waveforms = []
@@ -135,11 +149,13 @@ class MiDashengLMMultiModalProcessor(BaseMultiModalProcessor[MiDashengLMProcessi
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
-        audio_token_id = self.info.get_tokenizer().get_vocab()[AUDIO_TOKEN]
-        waveforms = out_mm_kwargs.get_data().get("waveform", [])
+        audio_token_id = self.info.audio_token_id()
 
         def expand(item_index: int) -> PromptUpdateDetails:
-            n_samples = int(waveforms[item_index].shape[-1])
+            # The parsed (decoded, 16 kHz mono) clip's length, not the processed tensors: no
+            # stacking of waveforms. num_audio_tokens applies the minimum _call_hf_processor pads to.
+            clip = mm_items.get_items("audio", AudioProcessorItems).get(item_index)
+            n_samples = int(np.asarray(clip).size)
             tokens = [audio_token_id] * self.info.num_audio_tokens(n_samples)
             return PromptUpdateDetails.select_token_id(tokens, embed_token_id=audio_token_id)
 

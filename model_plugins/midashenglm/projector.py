@@ -15,28 +15,24 @@ class SubsampleProjector(nn.Module):
         factor: int,
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
+        replicated: bool = False,
     ):
         super().__init__()
         self.factor = factor
         self.fc1 = ColumnParallelLinear(
-            encoder_dim * factor, text_dim, quant_config=quant_config, prefix=f"{prefix}.fc1"
+            encoder_dim * factor, text_dim, quant_config=quant_config, prefix=f"{prefix}.fc1", disable_tp=replicated
         )
         self.act = get_act_fn("gelu")
-        self.fc2 = RowParallelLinear(text_dim, text_dim, quant_config=quant_config, prefix=f"{prefix}.fc2")
+        self.fc2 = RowParallelLinear(
+            text_dim, text_dim, quant_config=quant_config, prefix=f"{prefix}.fc2", disable_tp=replicated
+        )
 
     def num_tokens(self, encoder_frames: int) -> int:
         return encoder_frames // self.factor
 
-    def forward(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
-        """list of (frames_i, encoder_dim) -> list of (frames_i // factor, text_dim).
-
-        Trailing frames that do not fill a group of `factor` are dropped. All clips
-        go through the two matmuls together.
-        """
-        counts = [self.num_tokens(clip.shape[0]) for clip in clips]
-        grouped = torch.cat(
-            [clip[: n * self.factor].reshape(n, -1) for clip, n in zip(clips, counts, strict=True)]
-        )
-        x, _ = self.fc1(grouped)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(tokens * factor, encoder_dim) frames, each token's `factor` frames consecutive
+        -> (tokens, text_dim). Every clip of a step goes through the two matmuls together."""
+        x, _ = self.fc1(frames.reshape(-1, self.factor * frames.shape[-1]))
         x, _ = self.fc2(self.act(x))
-        return list(x.split(counts))
+        return x

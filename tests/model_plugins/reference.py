@@ -65,7 +65,9 @@ def reference_encoder(waveform: np.ndarray, tensors: dict, config: dict) -> torc
     scale = tensors[f"{p}.init_bn.weight"] / torch.sqrt(tensors[f"{p}.init_bn.running_var"] + 1e-5)
     mel = (mel - tensors[f"{p}.init_bn.running_mean"][:, None]) * scale[:, None] + tensors[f"{p}.init_bn.bias"][:, None]
     patches = F.conv2d(
-        mel[None, None], tensors[f"{p}.patch_embed.proj.weight"], tensors[f"{p}.patch_embed.proj.bias"],
+        mel[None, None],
+        tensors[f"{p}.patch_embed.proj.weight"],
+        tensors[f"{p}.patch_embed.proj.bias"],
         stride=tuple(enc["patch_stride"]),
     )  # fmt: skip  (1, dim, 1, patches)
     outputs = []

@@ -32,9 +32,7 @@ def prompts(clips: list[float]) -> list[dict]:
 
 def run_engine(checkpoint, **engine_args) -> dict[str, list[list[int]]]:
     """Start one engine, run every workload, shut it down; greedy token ids per prompt."""
-    llm = LLM(
-        model=str(checkpoint), dtype="float32", max_model_len=8192, max_num_seqs=8, seed=0, **engine_args
-    )
+    llm = LLM(model=str(checkpoint), dtype="float32", max_model_len=8192, max_num_seqs=8, seed=0, **engine_args)
     try:
         return {
             name: [list(o.outputs[0].token_ids) for o in llm.generate(prompts(clips), GREEDY)]

@@ -85,3 +85,21 @@ def test_encoder_cache_is_sized_for_the_longest_accepted_clip(processor):
 def test_bad_clips_are_rejected_with_a_clear_message(processor, clip, message):
     with pytest.raises(ValueError, match=message):
         process(processor, AUDIO_PLACEHOLDER, [clip])
+
+
+def test_audio_token_id_comes_from_the_config_and_matches_the_tokenizer(processor):
+    config = processor.info.get_hf_config()
+    assert config.audio_token_id is not None
+    assert processor.info.audio_token_id() == config.audio_token_id == audio_token_id(processor)
+
+
+def test_prompt_updates_read_lengths_from_the_parsed_clips_not_the_processed_tensors(processor, monkeypatch):
+    """Placeholder expansion must not stack every waveform (MultiModalKwargsItems.get_data)."""
+    from vllm.multimodal.inputs import MultiModalKwargsItems
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("get_data() called while expanding placeholders")
+
+    monkeypatch.setattr(MultiModalKwargsItems, "get_data", refuse)
+    out = process(processor, f"{AUDIO_PLACEHOLDER}{AUDIO_PLACEHOLDER}", [tone(2.0), tone(30.0, seed=4)])
+    assert [p.length for p in out["mm_placeholders"]["audio"]] == [10, 150]
