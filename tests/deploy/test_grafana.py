@@ -99,6 +99,13 @@ def test_dashboard_queries_parse(path: Path, tmp_path: Path):
 
 def test_dashboard_covers_the_issue_panels():
     titles = " | ".join(p["title"].lower() for p in panels(load(GRAFANA / "dashboards" / "alm-serve.json")))
-    for topic in ("requests / s", "time to first token", "latency", "queue depth", "audio seconds", "errors",
-                  "per engine"):
+    for topic in (
+        "requests / s",
+        "time to first token",
+        "latency",
+        "queue depth",
+        "audio seconds",
+        "errors",
+        "per engine",
+    ):
         assert topic in titles, topic

@@ -14,7 +14,7 @@ from tests.deploy.deploy_checks import DEPLOY, load_yaml_docs, vllm_metric_famil
 K8S = DEPLOY / "k8s"
 # Oldest and newest Kubernetes minor versions we promise the manifests for.
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
-ENTRYPOINT_KEYS = {"ALM_MODEL_PATH", "ALM_SERVED_MODEL_NAME", "ALM_ENGINE_ARGS", "ALM_GRACEFUL_SHUTDOWN_S"}
+ENTRYPOINT_KEYS = {"ALM_GRACEFUL_SHUTDOWN_S"}
 
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 # Applied on their own, once, not by `kubectl apply -k`.
@@ -97,11 +97,14 @@ def test_gateway_is_ready_only_with_an_engine_and_finds_them_by_dns():
 
 
 def test_configmap_keys_are_real_settings():
+    from alm.engine import EngineSettings
     from server.config import Settings, load_settings
 
     data = objects()[("ConfigMap", "alm-settings")]["data"]
     gateway_keys = {f"ALM_{name.upper()}" for name in Settings.model_fields}
-    assert not set(data) - gateway_keys - ENTRYPOINT_KEYS
+    engine_keys = {f"ALM_{name.upper()}" for name in EngineSettings.model_fields}
+    assert not set(data) - gateway_keys - engine_keys - ENTRYPOINT_KEYS
+    EngineSettings(**{k.removeprefix("ALM_").lower(): v for k, v in data.items() if k in engine_keys})
     gateway_values = {k.removeprefix("ALM_").lower(): v for k, v in data.items() if k in gateway_keys}
     settings = load_settings(**gateway_values)
     assert settings.engine_dns_expand is True

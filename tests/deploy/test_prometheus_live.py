@@ -15,7 +15,6 @@ import io
 import math
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,8 +27,8 @@ import soundfile as sf
 import yaml
 from openai import OpenAI
 
-from server.launcher import free_port
-from tests.deploy.deploy_checks import DEPLOY, REPO, find_tool, gateway_factory
+from alm.processes import free_port
+from tests.deploy.deploy_checks import DEPLOY, REPO, find_tool, gateway_command
 from tests.deploy.test_grafana import DASHBOARDS, load, queries
 
 WAIT_S = 120  # upper bound for every wait below; normally each takes a few scrape intervals (1 s)
@@ -65,15 +64,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def gateway(engine_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The gateway as its container runs it (uvicorn + the entrypoint's factory), pointed at the session engine."""
+    """The gateway as its container runs it (`alm gateway`), pointed at the session engine."""
     port = free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALM_")}
     env |= {"ALM_ENGINE_URLS": engine_server.url, "ALM_HEALTH_INTERVAL_S": "0.5"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", gateway_factory(), "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+            gateway_command("127.0.0.1", port),
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -226,8 +224,12 @@ def test_every_dashboard_query_runs(traffic: str, dashboard: Path):
     for _title, promql in queries(load(dashboard)):
         query(traffic, promql)  # asserts status == success
     # The core panels have data once traffic has been scraped.
-    for promql in ("alm:gateway_engines_healthy:count", "sum by (instance) (vllm:num_requests_running)",
-                   "max by (engine) (alm_gateway_engine_in_flight_requests)"):
+    for promql in (
+        "alm:gateway_engines_healthy:count",
+        "sum by (instance) (vllm:num_requests_running)",
+        "max by (engine) (alm_gateway_engine_in_flight_requests)",
+        "max by (engine) (alm_gateway_engine_waiting_requests)",
+    ):
         assert query(traffic, promql), promql
 
 

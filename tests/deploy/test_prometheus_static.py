@@ -62,9 +62,9 @@ def test_rules_unit_tests_can_fail(tmp_path: Path):
 
 
 def test_metric_name_check_catches_typos():
-    assert unknown_metric_names('rate(alm_gateway_requests_total[1m]) + vllm:num_requests_waiting', set()) == set()
+    assert unknown_metric_names("rate(alm_gateway_requests_total[1m]) + vllm:num_requests_waiting", set()) == set()
     assert unknown_metric_names(
-        'rate(alm_gateway_request_total[1m]) + vllm:num_request_waiting + alm:nope:sum', set()
+        "rate(alm_gateway_request_total[1m]) + vllm:num_request_waiting + alm:nope:sum", set()
     ) == {"alm_gateway_request_total", "vllm:num_request_waiting", "alm:nope:sum"}
 
 
