@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.audio_tokens import FORMULAS
+
 MiB = 1024 * 1024
 DEFAULT_MAX_NUM_SEQS = 256
 """What the gateway assumes an engine batches when ``ALM_MAX_NUM_SEQS`` is unset (vLLM's default on most GPUs)."""
@@ -129,6 +131,22 @@ class Settings(BaseSettings):
     graceful_shutdown_s: int = Field(30, ge=0)
     """On SIGTERM: seconds in-flight requests get to finish before the gateway stops."""
 
+    # --- context budget ---
+    context_check: bool = True
+    """Refuse (400 ``context_length_exceeded``) a chat whose audio tokens + text tokens (a lower bound) + requested
+    output exceed the model's max model length, before any engine works on it (server/context_budget.py). The
+    length comes from the engines' ``/v1/models`` (``max_model_len``; the smallest among a model's engines);
+    unknown → no check."""
+    audio_token_model: str = "midashenglm"
+    """Formula for the prompt tokens of one clip (server/audio_tokens.py): ``midashenglm``, or ``none`` (audio
+    counted as 0 tokens, for models whose formula the gateway does not know)."""
+    context_text_bytes_per_token: int = Field(256, ge=0)
+    """Text counts as (its non-whitespace UTF-8 bytes) / this many tokens: a lower bound for any tokenizer whose
+    longest token is at most this many bytes; 0 → text counted as 0 tokens."""
+    context_reserve_output: bool = True
+    """Count ``max_tokens`` / ``max_completion_tokens`` in the budget (OpenAI's rule). Off → vLLM's own rule: the
+    prompt must leave room for one token and the engine shortens the output to fit."""
+
     # --- transcriptions ---
     transcription_prompt: str = "Transcribe the audio."
     transcription_max_tokens: int = Field(448, ge=1)
@@ -147,6 +165,13 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"engine URL must start with http:// or https://: {url!r}")
         return [url.rstrip("/") for url in v]
+
+    @field_validator("audio_token_model")
+    @classmethod
+    def _check_audio_token_model(cls, v: str) -> str:
+        if v not in FORMULAS:
+            raise ValueError(f"audio_token_model must be one of {', '.join(FORMULAS)}: {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _check_audio_limits(self) -> Settings:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.audio import FORMATS, AudioLimits, decode_audio, decode_base64, decode_data_url, encode_wav_base64
 from server.config import Settings
+from server.context_budget import ContextBudget
 from server.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
 from server.jsonguard import check_root, check_value_count, loads
 from server.schemas import AudioURLPart, ChatCompletionRequest, InputAudioPart
@@ -61,6 +62,10 @@ class ChatJob:
     """The engine request body, once built."""
     files: list[Path] = field(default_factory=list)
     """Clip files in the shared audio dir, to remove once the engine has read them."""
+    prompt_param: str = "messages"
+    """What a prompt too long for the model's context is blamed on."""
+    client_output: bool = True
+    """``max_tokens`` is the client's, counted in the context budget (a transcription's is the gateway's own)."""
 
 
 def parse_chat(raw_body: bytes, settings: Settings) -> ChatJob:
@@ -139,8 +144,13 @@ def _locate(found: AudioPart, limits: AudioLimits, settings: Settings) -> AudioR
     raise InvalidAudio("audio_url must be a data: URL or an http(s) URL", param=param, code="invalid_audio_url")
 
 
-def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None = None) -> bytes:
+def finish_chat(
+    job: ChatJob, settings: Settings, shared: SharedAudioDir | None = None, max_model_len: int | None = None
+) -> bytes:
     """Decode every clip (raises typed 4xx errors), swap it into the body as a WAV; return the engine JSON.
+
+    With the model's ``max_model_len`` known, the request's tokens are counted against it (server/context_budget.py):
+    text and output before any clip is decoded, then clip by clip, refusing as soon as they cannot fit.
 
     Each clip goes to the engine as a file in ``shared`` (a ``file://`` URL) when given and writable, else
     inline as base64.
@@ -151,11 +161,16 @@ def finish_chat(job: ChatJob, settings: Settings, shared: SharedAudioDir | None 
     limits = AudioLimits.of(settings)
     messages = job.body["messages"]
     payloads: list[bytes] = []
+    budget = ContextBudget.of(
+        job.body, settings, max_model_len, prompt_param=job.prompt_param, client_output=job.client_output
+    )
     try:
         for ref in job.audio:
             clip = decode_audio(ref.raw or b"", limits, ref.param, ref.format)
             ref.raw = None  # the encoded bytes are not needed again: free them before the engine call
             job.clip_seconds.append(clip.seconds)
+            if budget is not None:
+                budget.add_clip(len(clip.samples))
             handed = shared.try_write(clip.samples) if shared is not None else None
             if handed is not None:
                 path, url = handed
@@ -201,4 +216,5 @@ def transcription_job(
     }
     if temperature is not None:
         body["temperature"] = temperature
-    return ChatJob(body=body, model=model, stream=False, audio=[AudioRef(0, 0, "file", raw=raw, format=filename)])
+    audio = [AudioRef(0, 0, "file", raw=raw, format=filename)]
+    return ChatJob(body=body, model=model, stream=False, audio=audio, prompt_param="file", client_output=False)

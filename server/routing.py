@@ -37,6 +37,8 @@ class Engine:
     url: str
     name: str
     models: frozenset[str] = frozenset()
+    max_model_len: dict[str, int] = field(default_factory=dict)
+    """Per model, the context length its ``/v1/models`` card reports (vLLM's ``max_model_len``), where it does."""
     healthy: bool = False
     capacity: int = 1
     """Requests it is given at once: its batch plus the queue inside it (``Settings.engine_capacity``)."""
@@ -107,7 +109,9 @@ class EnginePool:
             if ok and (not engine.healthy or not engine.models):
                 async with self._session.get(engine.url + "/v1/models", timeout=timeout) as models:
                     models.raise_for_status()
-                    engine.models = frozenset(m["id"] for m in (await models.json(content_type=None))["data"])
+                    cards = (await models.json(content_type=None))["data"]
+                    engine.models = frozenset(m["id"] for m in cards)
+                    engine.max_model_len = _max_model_lens(cards)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             ok = False
         if ok:
@@ -219,6 +223,16 @@ class EnginePool:
     def ready(self) -> bool:
         return any(e.healthy for e in self.engines.values())
 
+    def max_model_len(self, model: str) -> int | None:
+        """The smallest context length the engines of ``model`` report (a request must fit any of them); None
+        when none reports one."""
+        return min((e.max_model_len[model] for e in self.engines.values() if model in e.max_model_len), default=None)
+
+    def max_model_lens(self) -> dict[str, int]:
+        """``max_model_len`` of every model that has one."""
+        models = {m for e in self.engines.values() for m in e.max_model_len}
+        return {m: length for m in models if (length := self.max_model_len(m)) is not None}
+
     def served_models(self) -> list[str]:
         return sorted({m for e in self.engines.values() if e.healthy for m in e.models})
 
@@ -274,3 +288,12 @@ class EnginePool:
 
     def _any_models_known(self) -> bool:
         return any(e.models for e in self.engines.values())
+
+
+def _max_model_lens(cards: list) -> dict[str, int]:
+    """Model id → ``max_model_len`` from a ``/v1/models`` answer; cards without a positive integer one are left out."""
+    return {
+        card["id"]: length
+        for card in cards
+        if isinstance(card, dict) and type(length := card.get("max_model_len")) is int and length > 0
+    }

@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -63,7 +63,7 @@ class Gateway:
         for ref in job.audio:
             if ref.url is not None:
                 ref.raw = await fetch_audio_url(ref.url, ref.param, self.settings, self.client)
-        body = await self.run_cpu(finish_chat, job, self.settings, self.shared)
+        body = await self.run_cpu(finish_chat, job, self.settings, self.shared, self.pool.max_model_len(job.model))
         self._observe(job)
         return body
 
@@ -78,9 +78,11 @@ class Gateway:
         if len(raw_body) <= _INLINE_BYTES:  # small JSON parses in microseconds: no hop
             job = parse_chat(raw_body, self.settings)
             if not job.audio:
-                return job, finish_chat(job, self.settings)
+                return job, finish_chat(job, self.settings, None, self.pool.max_model_len(job.model))
         else:
-            job = await self.run_cpu(_parse_and_finish, raw_body, self.settings, self.shared)
+            # A snapshot: the ingest thread must not read the pool, which the event loop changes.
+            lengths = self.pool.max_model_lens()
+            job = await self.run_cpu(_parse_and_finish, raw_body, self.settings, self.shared, lengths)
             if job.encoded is not None:
                 self._observe(job)
                 return job, job.encoded
@@ -199,11 +201,13 @@ async def _first_observed(events: AsyncIterable[bytes], on_first_event: Callable
             first = False
 
 
-def _parse_and_finish(raw_body: bytes, settings: Settings, shared: SharedAudioDir | None) -> ChatJob:
+def _parse_and_finish(
+    raw_body: bytes, settings: Settings, shared: SharedAudioDir | None, max_model_lens: Mapping[str, int]
+) -> ChatJob:
     """In the ingest pool: parse, and finish too unless remote URLs must be fetched first."""
     job = parse_chat(raw_body, settings)
     if not any(ref.url is not None for ref in job.audio):
-        job.encoded = finish_chat(job, settings, shared)
+        job.encoded = finish_chat(job, settings, shared, max_model_lens.get(job.model))
     return job
 
 

@@ -55,6 +55,8 @@ class FakeEngine:
     had reached: ``before_headers``, ``before_first_event`` (headers sent, no body) or ``streaming``."""
 
     model: str = "fake-model"
+    max_model_len: int | None = None
+    """Reported in ``/v1/models`` as vLLM does, when set."""
     mode: str = "ok"
     status: int = 500
     error_body: bytes | None = None
@@ -113,7 +115,10 @@ class FakeEngine:
 
         @app.get("/v1/models")
         async def models() -> dict:
-            return {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            card: dict = {"id": self.model, "object": "model"}
+            if self.max_model_len is not None:
+                card["max_model_len"] = self.max_model_len
+            return {"object": "list", "data": [card]}
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:

@@ -288,3 +288,20 @@ def test_auth_on_and_off(engine_server, keys: list[str]) -> None:
                 bad.chat.completions.create(model=engine_server.model, messages=messages(), max_tokens=1)
         else:
             assert bad.models.list().data
+
+
+def test_request_beyond_the_context_is_refused_at_the_gateway(client: openai.OpenAI, engine_server) -> None:
+    # The engine's card says 8192 (--max-model-len); 10 s of audio is 50 tokens, + 8190 to generate cannot fit.
+    assert httpx.get(engine_server.url + "/v1/models").json()["data"][0]["max_model_len"] == 8192
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=engine_server.model, messages=messages(audio_part("wav", 10.0)), max_tokens=8190
+        )
+    assert info.value.body == {
+        "message": "This model's maximum context length is 8192 tokens. However, you requested at least 8240 tokens "
+        "(at least 50 in the messages: 50 audio tokens in 1 clip and at least 0 text tokens; 8190 in the "
+        "completion). Please reduce the length of the messages or max_tokens.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "context_length_exceeded",
+    }
