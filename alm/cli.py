@@ -1,6 +1,6 @@
 """The ``alm`` command.
 
-    alm serve   [--model DIR] [--engines N] [--host H] [--port P] [--served-model-name NAME]
+    alm serve   [--model DIR ...] [--engines N] [--host H] [--port P] [--served-model-name NAME]
     alm engine  [--model DIR] [--served-model-name NAME] [--host H] [--port P] [extra vLLM flags...]
     alm gateway [--host H] [--port P]
     alm make-tiny --out DIR [--family F] [--preset tiny|bench] [--seed S]
@@ -31,9 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="N engines + the gateway on this host, supervised", allow_abbrev=False)
-    serve.add_argument("--model", dest="model_path", help="checkpoint dir (default: the embedded tiny model)")
+    serve.add_argument(
+        "--model",
+        dest="model_paths",
+        action="append",
+        help="checkpoint dir (default: the embedded tiny model); repeat it to serve several models behind one "
+        "gateway, each under its directory's name",
+    )
     serve.add_argument("--served-model-name", help="model name clients send (default: the directory's name)")
-    serve.add_argument("--engines", type=int, default=1, help="number of vLLM engine replicas")
+    serve.add_argument("--engines", type=int, default=1, help="number of vLLM engine replicas per model")
     serve.add_argument("--host", help="gateway bind address (ALM_GATEWAY_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gateway port (ALM_GATEWAY_PORT or PORT, default 8080)")
 
@@ -81,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             from alm.stack import run_stack
 
             address = GatewayAddress(**_given(args, "host", "port"))
-            settings = EngineSettings(**_given(args, "model_path", "served_model_name"))
-            return run_stack(settings, address.port, args.engines, host=address.host)
+            paths: list[str] = args.model_paths or []
+            if len(paths) > 1 and args.served_model_name:
+                parser.error("--served-model-name applies to one --model; several are served by directory name")
+            name = _given(args, "served_model_name")
+            models = [EngineSettings(**name, model_path=path) for path in paths] or [EngineSettings(**name)]
+            return run_stack(models, address.port, args.engines, host=address.host)
     except (ValueError, ValidationError) as exc:
         print(f"alm {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,9 @@ only torchvision wheels the package index has are CUDA builds that break beside 
 ``scripts/omni-extras.sh`` installs a patched copy into its own directory (never into the serving venv, where it
 would break every other model's imports), and only Omni engines get it on their ``PYTHONPATH``. CUDA images
 ship a working torchvision: there nothing is added.
+
+``checkpoint_facts`` reads what the gateway must know about a checkpoint's audio (its family and the clip length
+its feature extractor keeps) for ``ALM_MODEL_FACTS`` (server/model_facts.py holds the family defaults).
 """
 
 from __future__ import annotations
@@ -30,26 +33,33 @@ class Family:
     architectures: tuple[str, ...]
     """``config.json`` architectures of its published checkpoints."""
     needs_torchvision: bool = False
+    cuts_at_chunk: bool = False
+    """Its processor cuts a clip at the feature extractor's ``n_samples`` (``chunk_length`` seconds)."""
 
 
 FAMILIES = (
     Family("midashenglm", ("MiDashengLMModel",)),
-    Family("qwen2-audio", ("Qwen2AudioForConditionalGeneration",)),
+    Family("qwen2-audio", ("Qwen2AudioForConditionalGeneration",), cuts_at_chunk=True),
     Family("qwen2.5-omni", ("Qwen2_5OmniModel", "Qwen2_5OmniForConditionalGeneration",
-                            "Qwen2_5OmniThinkerForConditionalGeneration"), needs_torchvision=True),
+                            "Qwen2_5OmniThinkerForConditionalGeneration"), needs_torchvision=True, cuts_at_chunk=True),
     Family("qwen3-omni", ("Qwen3OmniMoeForConditionalGeneration",
                           "Qwen3OmniMoeThinkerForConditionalGeneration"), needs_torchvision=True),
 )  # fmt: skip
 _BY_ARCHITECTURE = {arch: family for family in FAMILIES for arch in family.architectures}
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def detect(model_path: str | Path) -> Family | None:
     """The family of the checkpoint at ``model_path``; None for a hub id, a missing or unknown config."""
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    architectures = config.get("architectures") if isinstance(config, dict) else None
+    config = _read_json(Path(model_path) / "config.json")
+    architectures = config.get("architectures")
     for arch in architectures if isinstance(architectures, list) else []:
         if isinstance(arch, str) and arch in _BY_ARCHITECTURE:
             return _BY_ARCHITECTURE[arch]
@@ -83,3 +93,41 @@ def engine_env(model_path: str | Path, *, cpu: bool) -> dict[str, str]:
         return {}
     paths = [str(ensure_omni_extras()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+def checkpoint_facts(model_path: str | Path) -> dict[str, object] | None:
+    """The audio facts of the checkpoint at ``model_path`` as ``ALM_MODEL_FACTS`` takes them: its family, and
+    where the checkpoint states them, its feature extractor's rate and the longest clip it keeps
+    (``preprocessor_config.json`` ``n_samples`` / ``sampling_rate``, else ``chunk_length``). None: unknown family."""
+    family = detect(model_path)
+    if family is None:
+        return None
+    facts: dict[str, object] = {"family": family.name}
+    features = _read_json(Path(model_path) / "preprocessor_config.json")
+    rate = features.get("sampling_rate")
+    if type(rate) is int and rate > 0:
+        facts["sample_rate"] = rate
+    if family.cuts_at_chunk:
+        n_samples, chunk = features.get("n_samples"), features.get("chunk_length")
+        if type(n_samples) is int and n_samples > 0 and type(rate) is int and rate > 0:
+            facts["max_clip_seconds"] = n_samples / rate
+        elif isinstance(chunk, int | float) and chunk > 0:
+            facts["max_clip_seconds"] = float(chunk)
+    return facts
+
+
+def model_facts_env(models: dict[str, str | Path], current: str = "") -> str:
+    """``ALM_MODEL_FACTS`` for a gateway in front of ``models`` (served name → checkpoint): each known
+    checkpoint's facts, under the entries of ``current`` (the operator's own setting, which wins)."""
+    table: dict[str, object] = {}
+    for name, path in models.items():
+        facts = checkpoint_facts(path)
+        if facts is not None:
+            table[name] = facts
+    try:
+        given = json.loads(current) if current.strip() else {}
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        return current  # not ours to repair: the gateway refuses it at start-up with the reason
+    return json.dumps({**table, **given}, separators=(",", ":"))

@@ -1,4 +1,8 @@
-"""``alm serve``: one machine, N vLLM engine replicas (with our plugin) and the gateway, supervised.
+"""``alm serve``: one machine, N vLLM engine replicas per model (with our plugin) and the gateway, supervised.
+
+Several ``--model`` checkpoints run behind the one gateway, each served under its directory's name; the gateway
+routes by the request's ``model`` and learns each one's audio facts (family, longest clip) from
+``ALM_MODEL_FACTS``, which ``gateway_env`` fills in from the checkpoints (alm/families.py).
 
 Start-up: engines (each in its own session, logs to files) → wait healthy → gateway (``alm gateway``) → wait
 ready → print the URL. Each engine's command line comes from the engine contract (``alm.engine``), as
@@ -16,10 +20,11 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from alm import placement
+from alm import families, placement
 from alm.engine import EngineLaunch, EngineSettings, engine_launch
 from alm.gateway import gateway_argv
 from alm.paths import cache_dir, make_shared_audio_dir, tiny_checkpoint
@@ -40,17 +45,20 @@ class EnginePlan:
 
 
 def plan_stack(
-    settings: EngineSettings, ports: list[int], shared_dir: Path
+    settings: EngineSettings | Sequence[EngineSettings], ports: list[int], shared_dir: Path
 ) -> tuple[list[EnginePlan], list[int] | None]:
     """One launch per engine (the contract on loopback, with this host's CPU or GPU placement); the gateway's
-    cores (None: any)."""
+    cores (None: any). ``settings``: every engine's, or one per port (engines of several models)."""
     engines = len(ports)
+    each = [settings] * engines if isinstance(settings, EngineSettings) else list(settings)
+    if len(each) != engines:
+        raise ValueError(f"{len(each)} engine settings for {engines} ports")
     cpu = placement.cpu_plan(engines)
     devices = () if placement.cpu_build() else placement.gpu_devices()
-    gpu = placement.gpu_plan(engines, devices, settings.gpu_memory_utilization)
+    gpu = placement.gpu_plan(engines, devices, each[0].gpu_memory_utilization)
     plans = []
     for i, port in enumerate(ports):
-        launch = engine_launch(settings.model_copy(update={
+        launch = engine_launch(each[i].model_copy(update={
             "engine_host": "127.0.0.1", "engine_port": port, "shared_audio_dir": str(shared_dir),
             "gpu_memory_utilization": gpu[i].memory_utilization,
         }))  # fmt: skip
@@ -61,6 +69,37 @@ def plan_stack(
             env["CUDA_VISIBLE_DEVICES"] = gpu[i].devices  # type: ignore[assignment]
         plans.append(EnginePlan(port, launch, env, cpu.engines[i]))
     return plans, cpu.gateway
+
+
+def gateway_env(
+    models: Sequence[EngineSettings], engine_urls: Sequence[str], shared_dir: Path, env: dict[str, str]
+) -> dict[str, str]:
+    """The gateway's environment: ``env`` plus its engines, the shared audio directory and each model's audio
+    facts read from its checkpoint (``ALM_MODEL_FACTS``; entries the operator set in ``env`` win)."""
+    facts = families.model_facts_env({m.served_name: m.model_path for m in models}, env.get("ALM_MODEL_FACTS", ""))
+    out = {**env, "ALM_ENGINE_URLS": ",".join(engine_urls), "ALM_SHARED_AUDIO_DIR": str(shared_dir)}
+    if facts:
+        out["ALM_MODEL_FACTS"] = facts
+    return out
+
+
+def check_models(models: Sequence[EngineSettings]) -> list[EngineSettings]:
+    """``models``, the embedded tiny model standing in for one without a checkpoint; ValueError on none, on a
+    missing checkpoint among several, or on two models of one served name."""
+    if not models:
+        raise ValueError("no model to serve")
+    if len(models) == 1 and not models[0].model_path:
+        print(
+            f"alm: serving the embedded tiny model from {cache_dir() / 'tiny-midashenglm'} (created if absent)",
+            flush=True,
+        )
+        return [models[0].model_copy(update={"model_path": str(tiny_checkpoint())})]
+    if any(not m.model_path for m in models):
+        raise ValueError("every --model needs a checkpoint directory")
+    names = [m.served_name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two models would be served under one name: {names}; give their directories distinct names")
+    return list(models)
 
 
 def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) -> bool:
@@ -77,21 +116,23 @@ def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) ->
 
 
 def run_stack(
-    settings: EngineSettings, port: int, engines: int = 1, *, host: str = "127.0.0.1", log_dir: Path | None = None
+    settings: EngineSettings | Sequence[EngineSettings],
+    port: int,
+    engines: int = 1,
+    *,
+    host: str = "127.0.0.1",
+    log_dir: Path | None = None,
 ) -> int:
-    """Run engines + gateway until SIGINT/SIGTERM; returns the process exit code."""
+    """Run ``engines`` engines per model + the gateway until SIGINT/SIGTERM; returns the process exit code.
+    ``settings``: one model's engine settings, or one per model."""
     from server.config import load_settings
 
     if engines < 1:
         print("alm: --engines must be at least 1", file=sys.stderr)
         return 2
     gateway_settings = load_settings()  # the gateway reads the same environment: refuse bad settings up front
-    if not settings.model_path:
-        print(
-            f"alm: serving the embedded tiny model from {cache_dir() / 'tiny-midashenglm'} (created if absent)",
-            flush=True,
-        )
-        settings = settings.model_copy(update={"model_path": str(tiny_checkpoint())})
+    models = check_models([settings] if isinstance(settings, EngineSettings) else settings)
+    per_engine = [m for m in models for _ in range(engines)]
     log_dir = log_dir or cache_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -106,7 +147,7 @@ def run_stack(
     shared = make_shared_audio_dir()  # engines and gateway share this host: clips go over as files
     children: list[Child] = []
     try:
-        plans, gateway_cores = plan_stack(settings, [free_port() for _ in range(engines)], shared)
+        plans, gateway_cores = plan_stack(per_engine, [free_port() for _ in per_engine], shared)
         for i, plan in enumerate(plans):
             log_path = log_dir / f"engine-{i}.log"
             children.append(
@@ -122,19 +163,23 @@ def run_stack(
             where = f", CPU(s) {plan.cores}" if plan.cores else ""
             if "CUDA_VISIBLE_DEVICES" in plan.env:
                 where = f", GPU {plan.env['CUDA_VISIBLE_DEVICES']}"
-            print(f"alm: engine-{i} starting on 127.0.0.1:{plan.port}{where} (log: {log_path})", flush=True)
+            print(
+                f"alm: engine-{i} ({per_engine[i].served_name}) starting on 127.0.0.1:{plan.port}{where} "
+                f"(log: {log_path})",
+                flush=True,
+            )
         for child in children:
             if not _wait_ok(child, "/health", stopping, START_TIMEOUT_S):
                 return 0 if stopping[0] else 1
-        gw_env = {**env, "ALM_ENGINE_URLS": ",".join(c.url for c in children), "ALM_SHARED_AUDIO_DIR": str(shared)}
+        gw_env = gateway_env(models, [c.url for c in children], shared, env)
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         gateway = spawn("gateway", gateway_argv(host, port), f"http://{local}:{port}", gw_env, None, gateway_cores)
         children.append(gateway)
         if not _wait_ok(gateway, "/ready", stopping, GATEWAY_START_TIMEOUT_S):
             return 0 if stopping[0] else 1
+        served = ", ".join(f"'{m.served_name}'" for m in models)
         print(
-            f"alm: serving '{settings.served_name}' at http://{host}:{port}/v1 with {engines} engine(s) — "
-            "Ctrl-C to stop",
+            f"alm: serving {served} at http://{host}:{port}/v1 with {engines} engine(s) each — Ctrl-C to stop",
             flush=True,
         )
         while not stopping[0]:

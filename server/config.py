@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.audio_tokens import FORMULAS
+from server.model_facts import DEFAULT_CHOICES, ModelFacts, parse_facts
 
 MiB = 1024 * 1024
 DEFAULT_MAX_NUM_SEQS = 256
@@ -137,9 +137,14 @@ class Settings(BaseSettings):
     output exceed the model's max model length, before any engine works on it (server/context_budget.py). The
     length comes from the engines' ``/v1/models`` (``max_model_len``; the smallest among a model's engines);
     unknown → no check."""
+    model_facts: Annotated[dict[str, ModelFacts], NoDecode] = Field(default_factory=dict)
+    """Served model name → its family and audio facts (server/model_facts.py), JSON: ``{"name": "qwen2-audio"}``
+    or ``{"name": {"family": "qwen2-audio", "max_clip_seconds": 30}}``. ``alm serve`` fills it in from the
+    checkpoints; a model not named here gets ``audio_token_model``'s facts."""
     audio_token_model: str = "midashenglm"
-    """Formula for the prompt tokens of one clip (server/audio_tokens.py): ``midashenglm``, or ``none`` (audio
-    counted as 0 tokens, for models whose formula the gateway does not know)."""
+    """The family of models ``model_facts`` does not name (their audio-token formula, clip limit and transcription
+    prompt): ``midashenglm``, ``qwen2-audio``, ``qwen2.5-omni``, ``qwen3-omni``, or ``none`` (MiDashengLM's facts
+    with audio counted as 0 tokens, for models whose formula the gateway does not know)."""
     context_text_bytes_per_token: int = Field(256, ge=0)
     """Text counts as (its non-whitespace UTF-8 bytes) / this many tokens: a lower bound for any tokenizer whose
     longest token is at most this many bytes; 0 → text counted as 0 tokens."""
@@ -148,7 +153,9 @@ class Settings(BaseSettings):
     prompt must leave room for one token and the engine shortens the output to fit."""
 
     # --- transcriptions ---
-    transcription_prompt: str = "Transcribe the audio."
+    transcription_prompt: str = ""
+    """Instruction sent with a transcription's clip; empty → the model's own (its facts' ``transcription_prompt``;
+    MiDashengLM: "Transcribe the audio.")."""
     transcription_max_tokens: int = Field(448, ge=1)
 
     @field_validator("engine_urls", "api_keys", "audio_url_domains", mode="before")
@@ -169,9 +176,14 @@ class Settings(BaseSettings):
     @field_validator("audio_token_model")
     @classmethod
     def _check_audio_token_model(cls, v: str) -> str:
-        if v not in FORMULAS:
-            raise ValueError(f"audio_token_model must be one of {', '.join(FORMULAS)}: {v!r}")
+        if v not in DEFAULT_CHOICES:
+            raise ValueError(f"audio_token_model must be one of {', '.join(DEFAULT_CHOICES)}: {v!r}")
         return v
+
+    @field_validator("model_facts", mode="before")
+    @classmethod
+    def _parse_model_facts(cls, v: object) -> object:
+        return parse_facts(v)
 
     @model_validator(mode="after")
     def _check_audio_limits(self) -> Settings:

@@ -2,10 +2,11 @@
 
 vLLM 0.32 refuses a prompt that leaves no room for one output token, and ``max_tokens`` above ``max_model_len``;
 it only finds out after rendering the chat and running the audio through its processor. The gateway knows the
-audio tokens exactly (``server/audio_tokens.py``) once clips are decoded, and bounds the text from below, so it
-refuses such requests first (400 ``context_length_exceeded``, OpenAI's shape and code) and names the numbers.
-It also reserves the requested output as OpenAI does: prompt + ``max_tokens`` (or ``max_completion_tokens``)
-must fit, where vLLM itself would silently clamp the output (``context_reserve_output`` off: vLLM's rule only).
+audio tokens exactly once clips are decoded (the request's model's formula: server/model_facts.py), and bounds
+the text from below, so it refuses such requests first (400 ``context_length_exceeded``, OpenAI's shape and
+code) and names the numbers. It also reserves the requested output as OpenAI does: prompt + ``max_tokens`` (or
+``max_completion_tokens``) must fit, where vLLM itself would silently clamp the output (``context_reserve_output``
+off: vLLM's rule only).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from server.audio_tokens import FORMULAS, AudioTokenCount
+from server.audio_tokens import AudioTokenCount
 from server.config import Settings
 from server.errors import InvalidRequest
+from server.model_facts import ModelFacts
 
 _SPACE = re.compile(r"\s+")
 _COUNTED_ROLES = frozenset({"system", "user", "tool"})
@@ -79,11 +81,19 @@ class ContextBudget:
 
     @classmethod
     def of(
-        cls, body: dict, settings: Settings, max_model_len: int | None, *, prompt_param: str, client_output: bool
+        cls,
+        body: dict,
+        settings: Settings,
+        max_model_len: int | None,
+        *,
+        prompt_param: str,
+        client_output: bool,
+        facts: ModelFacts,
     ) -> ContextBudget | None:
         """The budget of a request (raises at once when text and output alone cannot fit); None: no check
         (turned off, the model's length unknown, or ``truncate_prompt_tokens`` lets the engine cut the prompt).
-        ``client_output``: the request's output fields are the client's (a transcription's are the gateway's)."""
+        ``client_output``: the request's output fields are the client's (a transcription's are the gateway's).
+        ``facts``: the request's model's (its audio-token formula)."""
         if not settings.context_check or max_model_len is None or body.get("truncate_prompt_tokens") is not None:
             return None
         output = requested_output(body) if client_output else None
@@ -94,7 +104,7 @@ class ContextBudget:
             text=text_tokens_min(body.get("messages"), settings.context_text_bytes_per_token),
             output=output,
             prompt_param=prompt_param,
-            count_audio=FORMULAS[settings.audio_token_model],
+            count_audio=facts.count_audio,
         )
         budget.check()
         return budget

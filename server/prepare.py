@@ -9,6 +9,7 @@ resampling.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -18,11 +19,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from server.audio import FORMATS, AudioLimits, decode_audio, decode_base64, decode_data_url, encode_wav_base64
+from server.audio import FORMATS, AudioLimits, Clip, decode_audio, decode_base64, decode_data_url, encode_wav_base64
 from server.config import Settings
 from server.context_budget import ContextBudget
 from server.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
 from server.jsonguard import check_root, check_value_count, loads
+from server.model_facts import ModelFacts, facts_for
 from server.schemas import AudioURLPart, ChatCompletionRequest, InputAudioPart
 from server.shared_audio import SharedAudioDir
 from server.validate import AudioPart, audio_parts, check_request_fields, quoted, validation_error
@@ -151,6 +153,8 @@ def finish_chat(
 
     With the model's ``max_model_len`` known, the request's tokens are counted against it (server/context_budget.py):
     text and output before any clip is decoded, then clip by clip, refusing as soon as they cannot fit.
+    A clip longer than one audio item of the request's model holds (its facts' ``max_clip_seconds``) is refused
+    with 400 ``audio_too_long`` naming that limit, never cut short by the engine's processor.
 
     Each clip goes to the engine as a file in ``shared`` (a ``file://`` URL) when given and writable, else
     inline as base64.
@@ -158,15 +162,16 @@ def finish_chat(
     JSON encoder (base64 needs no escaping; the encoder would cost ~3 ms per 10 s of audio).
     """
     start = time.perf_counter()
-    limits = AudioLimits.of(settings)
+    facts = facts_for(settings, job.model)
+    limits = clip_limits(settings, facts)
     messages = job.body["messages"]
     payloads: list[bytes] = []
     budget = ContextBudget.of(
-        job.body, settings, max_model_len, prompt_param=job.prompt_param, client_output=job.client_output
+        job.body, settings, max_model_len, prompt_param=job.prompt_param, client_output=job.client_output, facts=facts
     )
     try:
         for ref in job.audio:
-            clip = decode_audio(ref.raw or b"", limits, ref.param, ref.format)
+            clip = _decode(ref, limits, settings, job.model)
             ref.raw = None  # the encoded bytes are not needed again: free them before the engine call
             job.clip_seconds.append(clip.seconds)
             if budget is not None:
@@ -193,6 +198,37 @@ def finish_chat(
     return out
 
 
+def clip_limits(settings: Settings, facts: ModelFacts) -> AudioLimits:
+    """The gateway's audio limits, with the longest clip lowered to the model's window where that is shorter
+    (decoding then stops as soon as a clip passes it). The decode budget stays the gateway's, so a clip's
+    channels and rate are judged the same for every model."""
+    limits = AudioLimits.of(settings)
+    window = facts.max_clip_seconds
+    if window is None or window >= limits.max_seconds:
+        return limits
+    return dataclasses.replace(limits, max_seconds=window, max_source_samples=limits.source_sample_budget)
+
+
+_SECONDS = re.compile(r"\(([0-9.]+) s\)$")
+
+
+def _decode(ref: AudioRef, limits: AudioLimits, settings: Settings, model: str) -> Clip:
+    try:
+        return decode_audio(ref.raw or b"", limits, ref.param, ref.format)
+    except InvalidAudio as exc:
+        if exc.code != "audio_too_long" or limits.max_seconds >= settings.max_audio_seconds:
+            raise
+        found = _SECONDS.search(exc.message)
+        length = f" ({found.group(1)} s)" if found else ""
+        raise InvalidAudio(
+            f"audio is longer than one audio item of model {quoted(model)} can hold: at most "
+            f"{limits.max_seconds:g} s per clip{length}. Send shorter clips, or split the audio into consecutive "
+            "clips of at most that length",
+            param=ref.param,
+            code="audio_too_long",
+        ) from None
+
+
 def transcription_job(
     raw: bytes,
     filename: str | None,
@@ -204,7 +240,7 @@ def transcription_job(
 ) -> ChatJob:
     """An OpenAI transcription request expressed as a chat request to the engine (the model is an ALM).
     ``filename``: the upload's name, whose extension is the decoder's format hint."""
-    instruction = settings.transcription_prompt
+    instruction = settings.transcription_prompt or facts_for(settings, model).transcription_prompt
     if language:
         instruction += f" The language is {language}."
     if prompt:
