@@ -2,10 +2,11 @@
 
 Every launcher goes through ``engine_launch``: ``alm engine`` (what the container entrypoint execs), ``alm serve``
 (one process per replica), and the engines of the tests and benches. The settings the gateway shares with the
-engines (``ALM_MAX_AUDIO_SECONDS``, ``ALM_SHARED_AUDIO_DIR``, ``ALM_ALLOW_AUDIO_URLS``, ``ALM_AUDIO_URL_DOMAINS``,
-``ALM_AUDIO_URL_TIMEOUT_S``) have the same names and defaults in ``server/config.py``, so one environment
-configures both. vLLM flags the contract sets cannot be given again in ``ALM_ENGINE_ARGS`` (a start-up error
-names the variable to use), so nothing overrides them behind its back.
+engines (``ALM_MAX_AUDIO_SECONDS``, ``ALM_SHARED_AUDIO_DIR``, ``ALM_MAX_NUM_SEQS``) have the same names and
+defaults in ``server/config.py``, so one environment configures both. Engines never fetch URLs, whatever the gateway's
+URL settings: the gateway fetches audio URLs itself and forwards the audio, so an engine allow-list would only serve
+someone who reaches an engine directly. vLLM flags the contract sets cannot be given again in ``ALM_ENGINE_ARGS``, not
+even abbreviated (a start-up error names the variable to use), so nothing overrides them behind its back.
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ OWNED_FLAGS: dict[str, str] = {
     "--max-model-len": "ALM_MAX_MODEL_LEN",
     "--max-num-seqs": "ALM_MAX_NUM_SEQS",
     "--gpu-memory-utilization": "ALM_GPU_MEMORY_UTILIZATION",
+    "--device-memory-utilization": "ALM_GPU_MEMORY_UTILIZATION",  # vLLM's alias
     "--allowed-local-media-path": "ALM_SHARED_AUDIO_DIR",
-    "--allowed-media-domains": "ALM_ALLOW_AUDIO_URLS and ALM_AUDIO_URL_DOMAINS",
+    "--allowed-media-domains": "nothing (engines fetch no URL: the gateway fetches audio URLs itself)",
     "--media-io-kwargs": "nothing (the contract sets the audio backend)",
 }
-"""vLLM flags the contract sets → the setting to use instead of repeating them in ``ALM_ENGINE_ARGS``.
-(``--hf-overrides`` may be given: it is merged with the contract's ``max_audio_seconds``, which it may not set.)"""
+"""vLLM flags the contract sets → the setting to use instead of repeating them in ``ALM_ENGINE_ARGS``. vLLM's
+argparse also takes any unambiguous prefix of a flag (``--allowed-local`` is ``--allowed-local-media-path``), so
+prefixes are refused too, and so is ``--config`` (vLLM splices its file's flags into the command line).
+(``--hf-overrides`` may be given, spelled out: it is merged with the contract's ``max_audio_seconds``, which it may
+not set.)"""
 
-CommaList = Annotated[list[str], NoDecode]
 ShellWords = Annotated[list[str], NoDecode]
 
 
@@ -82,18 +86,8 @@ class EngineSettings(BaseSettings):
     """Longest clip: the model's ``max_audio_seconds`` (sizes its encoder cache) and vLLM's own decode limit."""
     shared_audio_dir: str = ""
     """Directory a same-host gateway hands clips over in (``file://`` URLs); the only files the engine reads."""
-    allow_audio_urls: bool = False
-    """Off: the engine fetches no URL at all (the gateway fetches audio URLs itself and forwards the audio)."""
-    audio_url_domains: CommaList = Field(default_factory=list)
-    """With ``allow_audio_urls``: the only hosts the engine may fetch from (exact names; no redirects)."""
-    audio_url_timeout_s: float = Field(10.0, gt=0)
     engine_args: ShellWords = Field(default_factory=list)
     """Extra vLLM flags (``ALM_ENGINE_ARGS``, split like a shell command line)."""
-
-    @field_validator("audio_url_domains", mode="before")
-    @classmethod
-    def _split_commas(cls, v: object) -> object:
-        return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
 
     @field_validator("engine_args", mode="before")
     @classmethod
@@ -119,9 +113,6 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
     cpu = placement.cpu_build() if cpu is None else cpu
     extra, hf_overrides = _split_hf_overrides(settings.engine_args)
     hf_overrides["max_audio_seconds"] = settings.max_audio_seconds
-    allowed = (
-        settings.audio_url_domains if settings.allow_audio_urls and settings.audio_url_domains else [NO_URL_FETCHING]
-    )
     argv = [
         sys.executable,
         *VLLM_SERVER,
@@ -138,7 +129,7 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
         "--hf-overrides",
         json.dumps(hf_overrides),
         "--allowed-media-domains",
-        *allowed,
+        NO_URL_FETCHING,
     ]
     if settings.shared_audio_dir:
         argv += ["--allowed-local-media-path", settings.shared_audio_dir]
@@ -158,8 +149,7 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
             argv += [flag, str(value)]
     env = {
         "VLLM_MAX_AUDIO_DECODE_DURATION_S": str(math.ceil(settings.max_audio_seconds)),  # an int for vLLM
-        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",  # a redirect would leave the allow-list
-        "VLLM_AUDIO_FETCH_TIMEOUT": str(math.ceil(settings.audio_url_timeout_s)),
+        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",  # belt and braces: no host is allowed to begin with
         # Omni checkpoints on the CPU build: the patched torchvision kept outside the venv (alm/families.py).
         **families.engine_env(settings.model_path, cpu=cpu),
     }
@@ -193,10 +183,32 @@ def _split_hf_overrides(args: list[str]) -> tuple[list[str], dict[str, object]]:
                 )
             _merge(overrides, parsed)
             continue
-        if flag in OWNED_FLAGS:
-            raise ValueError(f"ALM_ENGINE_ARGS: {flag} is set by the engine contract; use {OWNED_FLAGS[flag]}")
+        refusal = _refusal(flag)
+        if refusal:
+            raise ValueError(f"ALM_ENGINE_ARGS: {refusal}")
         rest.append(word)
     return rest, overrides
+
+
+def _refusal(flag: str) -> str | None:
+    """Why vLLM must not get ``flag`` (its name: no ``=value``, no ``.key``, dashes), or None.
+
+    argparse resolves a long flag to the one option it is a prefix of (``--no-enforce`` is ``--no-enforce-eager``),
+    and no vLLM option is itself a strict prefix of an owned flag (a test checks), so this refuses no other flag."""
+    if not flag.startswith("--") or flag == "--":  # "--": what follows is positional, not a flag
+        return None
+    if "--config".startswith(flag):
+        return f"{_named(flag, '--config')} is refused: its file could set the contract's flags; use ALM_ENGINE_ARGS"
+    if flag != "--hf-overrides" and "--hf-overrides".startswith(flag):
+        return f"{flag} abbreviates --hf-overrides: spell it out (the contract merges it with its own)"
+    for owned, setting in OWNED_FLAGS.items():
+        if owned.startswith(flag):
+            return f"{_named(flag, owned)} is set by the engine contract; use {setting}"
+    return None
+
+
+def _named(flag: str, full: str) -> str:
+    return flag if flag == full else f"{flag} ({full})"
 
 
 def _merge(into: dict[str, object], new: dict[str, object]) -> None:

@@ -67,8 +67,7 @@ class GuardedBody:
         or the unread rest would be parsed as the next request."""
         self.given_up = False
         if declared is not None:
-            self._check_size(declared)
-            self._hold(declared)
+            self._check_size(declared)  # budget is taken only as bytes arrive: headers alone hold nothing
 
     def _check_size(self, size: int) -> None:
         if size > self.limit:

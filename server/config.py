@@ -204,6 +204,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_audio_urls(self) -> Settings:
+        if self.allow_audio_urls and not self.audio_url_domains:
+            raise ValueError(
+                "allow_audio_urls is on but audio_url_domains is empty, so every audio URL would be refused: "
+                "list the domains to fetch from in ALM_AUDIO_URL_DOMAINS (comma-separated), or turn "
+                "ALM_ALLOW_AUDIO_URLS off"
+            )
+        return self
+
     @property
     def body_bytes_in_flight(self) -> int:
         return self.max_body_bytes_in_flight or 2 * self.max_body_bytes

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -93,29 +92,12 @@ def error_response(request: Request, err: GatewayError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
-def _loc_to_param(loc: tuple) -> str | None:
-    """FastAPI ``("body", "messages", 0, "content")`` → ``messages[0].content``."""
-    out = ""
-    for part in loc:
-        if part in ("body", "query", "header", "path", "form"):
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or None
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request %s failed: %s %s", request_id(request), exc.status, exc.message)
         return error_response(request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = _loc_to_param(tuple(first.get("loc", ())))
-        msg = f"{first.get('msg', 'invalid request')}" + (f" ({param})" if param else "")
-        return error_response(request, InvalidRequest(msg, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,6 +1,7 @@
 """Fetching http(s) audio URLs (only when enabled): domain allow-list, SSRF guard, size and time limits.
 
-The URL is vetted first (``server/urlguard.py``: no credentials, valid host and port). The host is resolved once;
+The URL is vetted first (``server/urlguard.py``: no credentials, valid host and port, allowed domain; the
+request's URLs were all vetted the same way before any was fetched). The host is resolved once;
 every address must be public (unless explicitly allowed) and the connection goes to that checked address (Host
 header and TLS SNI keep the name), so DNS rebinding cannot redirect it. Redirects are not followed.
 """
@@ -14,12 +15,7 @@ import httpx
 
 from server.config import Settings
 from server.errors import InvalidAudio, PayloadTooLarge
-from server.urlguard import AudioTarget, is_public, parse_audio_url
-
-
-def _domain_allowed(host: str, domains: list[str]) -> bool:
-    host = host.rstrip(".")
-    return any(host == d or host.endswith("." + d) for d in (d.lower().rstrip(".") for d in domains))
+from server.urlguard import AudioTarget, is_public, vet_audio_url
 
 
 async def _resolve(target: AudioTarget, param: str) -> list[str]:
@@ -33,11 +29,7 @@ async def _resolve(target: AudioTarget, param: str) -> list[str]:
 
 
 async def fetch_audio_url(url: str, param: str, settings: Settings, client: httpx.AsyncClient) -> bytes:
-    target = parse_audio_url(url, param)
-    if not _domain_allowed(target.host, settings.audio_url_domains):
-        raise InvalidAudio(
-            f"audio URL host '{target.host}' is not in the allowed domains", param=param, code="audio_url_not_allowed"
-        )
+    target = vet_audio_url(url, param, settings.audio_url_domains)
     ips = await _resolve(target, param)
     if not ips or (not settings.audio_url_allow_private and not all(is_public(ip) for ip in ips)):
         raise InvalidAudio(
@@ -59,7 +51,7 @@ async def fetch_audio_url(url: str, param: str, settings: Settings, client: http
             async with client.stream(
                 "GET",
                 pinned,
-                headers={"host": target.host_header},
+                headers={"host": target.host_header, "accept-encoding": "identity"},
                 follow_redirects=False,
                 timeout=settings.audio_url_timeout_s,
                 extensions={"sni_hostname": target.host},
@@ -68,13 +60,20 @@ async def fetch_audio_url(url: str, param: str, settings: Settings, client: http
                     raise InvalidAudio(
                         f"audio URL answered HTTP {resp.status_code}", param=param, code="audio_url_unreachable"
                     )
+                encoding = resp.headers.get("content-encoding", "").strip().lower()
+                if encoding not in ("", "identity"):  # decompressing is unbounded: 1 MB of gzip can become 1 GB
+                    raise InvalidAudio(
+                        f"audio URL answered with Content-Encoding {encoding[:32]!r}; serve it uncompressed",
+                        param=param,
+                        code="audio_url_encoded",
+                    )
                 declared = resp.headers.get("content-length") or ""
                 if declared.isdigit() and int(declared) > limit:
                     raise PayloadTooLarge(
                         f"audio is larger than the {limit} byte limit", param=param, code="audio_too_large"
                     )
                 chunks, size = [], 0
-                async for chunk in resp.aiter_bytes():
+                async for chunk in resp.aiter_raw():
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLarge(

@@ -88,9 +88,9 @@ class GatewayMiddleware:
 
         try:
             try:
-                body = self._guard(receive, request, body_limit(route, settings), settings)
-                if path.startswith("/v1/"):
+                if path.startswith("/v1/"):  # before the body guard: an unauthenticated client sizes nothing
                     check_api_key(request.headers.get("authorization"), settings.api_keys)
+                body = self._guard(receive, request, body_limit(route, settings), settings)
             except GatewayError as err:
                 await error_response(request, err)(scope, receive, send_wrapper)
                 return

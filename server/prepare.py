@@ -27,6 +27,7 @@ from server.jsonguard import check_root, check_value_count, loads
 from server.model_facts import ModelFacts, facts_for
 from server.schemas import AudioURLPart, ChatCompletionRequest, InputAudioPart
 from server.shared_audio import SharedAudioDir
+from server.urlguard import vet_audio_url
 from server.validate import AudioPart, audio_parts, check_request_fields, quoted, validation_error
 
 MAX_URL_CHARS = 8192
@@ -142,6 +143,7 @@ def _locate(found: AudioPart, limits: AudioLimits, settings: Settings) -> AudioR
             raise InvalidAudio(
                 f"audio URL is longer than {MAX_URL_CHARS} characters", param=param, code="invalid_audio_url"
             )
+        vet_audio_url(url, param, settings.audio_url_domains)  # every URL of the request, before any fetch
         return AudioRef(i, j, param, url=url)
     raise InvalidAudio("audio_url must be a data: URL or an http(s) URL", param=param, code="invalid_audio_url")
 

@@ -61,6 +61,8 @@ class EnginePool:
         self.waiting = 0
         self._changed = asyncio.Event()
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self._by_seed: dict[str, set[str]] = {}
+        """DNS mode: the engines each seed resolved to last time (kept while its name does not resolve)."""
         if not settings.engine_dns_expand:
             for url in settings.engine_urls:
                 self._add(url)
@@ -85,15 +87,19 @@ class EnginePool:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
                 infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
+            except OSError as exc:  # a DNS hiccup is not a scale-down: keep what this seed had
                 log.warning("cannot resolve engine host %s: %s", parts.hostname, exc)
+                seen |= self._by_seed.get(seed, set())
                 continue
+            found: set[str] = set()
             for *_, sockaddr in infos:
                 address = str(sockaddr[0])
                 host = f"[{address}]" if ":" in address else address
                 url = urlunsplit((parts.scheme, f"{host}:{port}", parts.path, "", ""))
-                seen.add(url)
+                found.add(url)
                 self._add(url)
+            self._by_seed[seed] = found
+            seen |= found
         for url in [u for u, e in self.engines.items() if u not in seen and e.outstanding == 0]:
             # Its series go too: a scaled-down replica is gone, not unhealthy (alerts key on engine_healthy).
             self._metrics.remove_engine(self.engines.pop(url).name)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import httpx
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from server.config import Settings
-from server.errors import InvalidRequest, UpstreamError
+from server.errors import UpstreamError
 from server.fetch import fetch_audio_url
 from server.metrics import Metrics
 from server.prepare import ChatJob, finish_chat, parse_chat, transcription_job
@@ -122,16 +122,12 @@ class Gateway:
         model: str,
         prompt: str | None,
         language: str | None,
-        response_format: str,
+        response_format: Literal["json", "text"],  # TranscriptionForm has checked it
         temperature: float | None,
         start: float,
         request_id: str,
         receive: Receive,
     ) -> Response:
-        if response_format not in ("json", "text"):
-            raise InvalidRequest(
-                f"response_format '{response_format}' is not supported; use json or text", param="response_format"
-            )
         job = transcription_job(raw, filename, model, prompt, language, temperature, self.settings)
         body = await self._ingest(job)
         deadline = start + self.settings.request_timeout_s

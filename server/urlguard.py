@@ -68,6 +68,22 @@ def parse_audio_url(url: str, param: str) -> AudioTarget:
     )
 
 
+def domain_allowed(host: str, domains: list[str]) -> bool:
+    host = host.rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in (d.lower().rstrip(".") for d in domains))
+
+
+def vet_audio_url(url: str, param: str, domains: list[str]) -> AudioTarget:
+    """Everything about a URL that needs no network: its parts and its host against the allowed ``domains``.
+    Run on every URL of a request before any is fetched, and again just before fetching."""
+    target = parse_audio_url(url, param)
+    if not domain_allowed(target.host, domains):
+        raise InvalidAudio(
+            f"audio URL host '{target.host}' is not in the allowed domains", param=param, code="audio_url_not_allowed"
+        )
+    return target
+
+
 def _ascii_host(hostname: str) -> str:
     """The host as sent on the wire (IDNA for non-ASCII names); ValueError saying what is wrong."""
     if "%" in hostname:

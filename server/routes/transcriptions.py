@@ -5,6 +5,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from server.errors import InvalidRequest, PayloadTooLarge
+from server.jsonguard import check_tree
 from server.openapi import TRANSCRIPTION_RESPONSES, transcription_openapi
 from server.schemas import TranscriptionForm
 from server.validate import validation_error
@@ -37,6 +38,7 @@ async def transcriptions(request: Request) -> Response:
             )
         try:
             data = {k: v for k, v in form.items() if k != "file"}
+            check_tree(data)  # a form charset (utf-7) can decode to lone surrogates, as JSON escapes can
             fields = TranscriptionForm.model_validate(data)
         except ValidationError as exc:
             raise validation_error(exc, data) from None

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from alm import cli, placement
-from alm.engine import NO_URL_FETCHING, EngineSettings, engine_launch
+from alm.engine import NO_URL_FETCHING, OWNED_FLAGS, EngineSettings, engine_launch
 from alm.stack import plan_stack
 from server.config import Settings, load_settings
 
 SERVER = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
 AUDIO_IO = ("--media-io-kwargs", '{"audio": {"audio_backend": "soundfile"}}')
-SHARED_WITH_GATEWAY = (
-    "max_audio_seconds",
-    "shared_audio_dir",
-    "allow_audio_urls",
-    "audio_url_domains",
-    "audio_url_timeout_s",
-    "max_num_seqs",
-)
+SHARED_WITH_GATEWAY = ("max_audio_seconds", "shared_audio_dir", "max_num_seqs")
 
 
 def test_cpu_build(clean_env) -> None:
@@ -32,11 +26,7 @@ def test_cpu_build(clean_env) -> None:
         *AUDIO_IO, "--hf-overrides", '{"max_audio_seconds": 600.0}', "--allowed-media-domains", NO_URL_FETCHING,
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
     )  # fmt: skip
-    assert launch.env == {
-        "VLLM_MAX_AUDIO_DECODE_DURATION_S": "600",
-        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",
-        "VLLM_AUDIO_FETCH_TIMEOUT": "10",
-    }
+    assert launch.env == {"VLLM_MAX_AUDIO_DECODE_DURATION_S": "600", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
 
 
 def test_cuda_build_keeps_vllm_defaults_unless_set(clean_env) -> None:
@@ -65,9 +55,7 @@ def test_one_environment_configures_gateway_and_engine(clean_env, tmp_path) -> N
         assert EngineSettings.model_fields[name].default == Settings.model_fields[name].default, name
     clean_env.setenv("ALM_MAX_AUDIO_SECONDS", "1800.5")
     clean_env.setenv("ALM_SHARED_AUDIO_DIR", str(tmp_path))
-    clean_env.setenv("ALM_ALLOW_AUDIO_URLS", "true")
-    clean_env.setenv("ALM_AUDIO_URL_DOMAINS", "media.example.com, cdn.example.org")
-    clean_env.setenv("ALM_AUDIO_URL_TIMEOUT_S", "2.5")
+    clean_env.setenv("ALM_MAX_NUM_SEQS", "48")
     clean_env.setenv("ALM_MODEL_PATH", "/models/m")
     gateway, engine = load_settings(), EngineSettings()
     for name in SHARED_WITH_GATEWAY:
@@ -76,30 +64,33 @@ def test_one_environment_configures_gateway_and_engine(clean_env, tmp_path) -> N
     argv = list(launch.argv)
     assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"max_audio_seconds": 1800.5}
     assert launch.env["VLLM_MAX_AUDIO_DECODE_DURATION_S"] == "1801"  # vLLM takes whole seconds: never below ours
-    assert launch.env["VLLM_AUDIO_FETCH_TIMEOUT"] == "3"
     assert argv[argv.index("--allowed-local-media-path") + 1] == str(tmp_path)
-
-
-@pytest.mark.parametrize(("allow", "domains", "allowed"), [
-    (False, "", [NO_URL_FETCHING]),
-    (False, "media.example.com", [NO_URL_FETCHING]),  # domains alone allow nothing
-    (True, "", [NO_URL_FETCHING]),  # as the gateway: URLs on but no domain listed → none
-    (True, "media.example.com,cdn.example.org", ["media.example.com", "cdn.example.org"]),
-])  # fmt: skip
-def test_engine_fetches_urls_only_from_allowed_domains(clean_env, allow, domains, allowed) -> None:
-    launch = engine_launch(EngineSettings(model_path="/m", allow_audio_urls=allow, audio_url_domains=domains), cpu=True)
-    argv = list(launch.argv)
-    start = argv.index("--allowed-media-domains") + 1
-    assert argv[start : start + len(allowed) + 1] == [*allowed, "--dtype"]
-    assert launch.env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"
+    assert argv[argv.index("--max-num-seqs") + 1] == "48"
 
 
 @pytest.mark.parametrize(("args", "message"), [
     ("--max-num-seqs 64", "use ALM_MAX_NUM_SEQS"),
     ("--max_model_len=4096", "use ALM_MAX_MODEL_LEN"),  # vLLM's underscore spelling too
-    ("--allowed-media-domains evil.example", "use ALM_ALLOW_AUDIO_URLS and ALM_AUDIO_URL_DOMAINS"),
+    ("--allowed-media-domains evil.example", "engines fetch no URL"),
     ("--allowed-local-media-path /", "use ALM_SHARED_AUDIO_DIR"),
     ("--port 9000", "use ALM_ENGINE_PORT"),
+    ("--device-memory-utilization 0.9", "use ALM_GPU_MEMORY_UTILIZATION"),  # vLLM's alias
+    # argparse takes unambiguous prefixes: --allowed-local is --allowed-local-media-path
+    ("--allowed-local-media /", r"--allowed-local-media \(--allowed-local-media-path\) .* use ALM_SHARED_AUDIO_DIR"),
+    ("--allowed-media-domain evil.example", r"\(--allowed-media-domains\) is set by the engine contract"),
+    ("--allowed_local=/", r"--allowed-local \(--allowed-local-media-path\)"),  # =value, underscores
+    ("--served-model=x", "use ALM_SERVED_MODEL_NAME"),
+    ("--media-io.audio.audio_backend x", r"--media-io \(--media-io-kwargs\)"),  # vLLM's dotted JSON form
+    ("--enforce", r"\(--enforce-eager\) .* use ALM_ENGINE_EAGER"),
+    ("--no-enforce", r"\(--no-enforce-eager\) .* use ALM_ENGINE_EAGER"),
+    ("--no-enforce-eager", "use ALM_ENGINE_EAGER"),
+    ("--gpu-mem 0.99", "use ALM_GPU_MEMORY_UTILIZATION"),
+    ("--config x.yaml", "--config is refused: its file could set the contract's flags"),
+    ("--config=x.yaml", "--config is refused"),
+    ("-- --config x.yaml", "--config is refused"),  # vLLM looks for --config even after "--"
+    ("--conf x.yaml", r"--conf \(--config\) is refused"),
+    ("--hf-over '{\"rope_theta\": 1}'", "abbreviates --hf-overrides: spell it out"),
+    ("--hf-over.max_audio_seconds 30", "abbreviates --hf-overrides"),
     ("--media-io-kwargs {}", "the contract sets the audio backend"),
     ("--hf-overrides '{\"max_audio_seconds\": 30}'", "set ALM_MAX_AUDIO_SECONDS instead"),
     ("--hf-overrides.max_audio_seconds 30", "set ALM_MAX_AUDIO_SECONDS instead"),
@@ -114,10 +105,14 @@ def test_flags_the_contract_sets_are_refused_in_engine_args(clean_env, args, mes
 def test_extra_flags_pass_through_and_hf_overrides_merge(clean_env) -> None:
     clean_env.setenv(
         "ALM_ENGINE_ARGS",
-        "--max-num-batched-tokens 32 --hf-overrides '{\"rope_theta\": 1e6}' --hf-overrides.rope_scaling.factor 2 -O0",
+        "--max-num-batched-tokens 32 --hf-overrides '{\"rope_theta\": 1e6}' --hf-overrides.rope_scaling.factor 2 -O0 "
+        "--config-format hf --no-enable-prefix-caching --model-impl vllm",  # not prefixes of owned flags
     )
     argv = list(engine_launch(EngineSettings(model_path="/m"), cpu=True).argv)
-    assert argv[-3:] == ["--max-num-batched-tokens", "32", "-O0"]
+    assert argv[-8:] == [
+        "--max-num-batched-tokens", "32", "-O0", "--config-format", "hf", "--no-enable-prefix-caching",
+        "--model-impl", "vllm",
+    ]  # fmt: skip
     assert argv.count("--hf-overrides") == 1
     assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {
         "rope_theta": 1e6,
@@ -178,3 +173,32 @@ def test_alm_engine_refuses_to_start_without_a_checkpoint(clean_env, tmp_path, c
     clean_env.setenv("ALM_ENGINE_ARGS", "--max-num-seqs 4")
     assert cli.main(["engine", "--model", str(checkpoint(tmp_path))]) == 2
     assert "use ALM_MAX_NUM_SEQS" in capsys.readouterr().err
+
+
+VLLM_OPTIONS = """
+import json
+import subprocess
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = make_arg_parser(FlexibleArgumentParser())
+print(json.dumps({option: action.dest for option, action in parser._option_string_actions.items()}))
+"""
+
+
+def test_refused_flags_match_vllms_own_parser(clean_env) -> None:
+    """Against the installed vLLM's parser: every spelling of an option the contract sets is refused (aliases too),
+    and no other option is (no vLLM option is a strict prefix of an owned flag)."""
+    run = subprocess.run([sys.executable, "-c", VLLM_OPTIONS], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dests: dict[str, str] = json.loads(run.stdout.splitlines()[-1])
+    assert set(OWNED_FLAGS) <= set(dests)
+    owned = {dests[flag] for flag in (*OWNED_FLAGS, "--config")}
+
+    def refused(option: str) -> bool:
+        try:
+            engine_launch(EngineSettings(model_path="/m", engine_args=[option, "{}"]), cpu=True)
+        except ValueError:
+            return True
+        return False
+
+    assert {option for option in dests if refused(option)} == {o for o, dest in dests.items() if dest in owned}

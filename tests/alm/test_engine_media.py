@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from alm.engine import NO_URL_FETCHING
-from tests.engine import EngineProcess, start_engine
+from alm.engine import NO_URL_FETCHING, EngineSettings, engine_launch
+from tests.engine import EngineProcess
 
 
 def wav(seconds: float = 1.0) -> bytes:
@@ -27,7 +26,7 @@ def wav(seconds: float = 1.0) -> bytes:
 
 
 class MediaServer:
-    """A local HTTP server with a clip at /clip.wav and /redirect → /clip.wav; records every path requested."""
+    """A local HTTP server that answers every path with a clip; records every path requested."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
@@ -36,12 +35,6 @@ class MediaServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 paths.append(self.path)
-                if self.path == "/redirect":
-                    self.send_response(302)
-                    self.send_header("Location", "/clip.wav")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "audio/wav")
                 self.send_header("Content-Length", str(len(clip)))
@@ -109,27 +102,14 @@ def test_engine_reads_files_only_in_the_shared_directory(engine_server, tmp_path
         inside.unlink()  # the session engine's shared directory: other tests check that nothing is left there
 
 
-@pytest.fixture(scope="module")
-def url_engine(tiny_checkpoint, tmp_path_factory) -> Iterator[EngineProcess]:
-    """ALM_ALLOW_AUDIO_URLS with ALM_AUDIO_URL_DOMAINS=localhost (cores: the last one, away from the session
-    engine's)."""
-    engine = start_engine(
-        tiny_checkpoint,
-        tmp_path_factory.mktemp("engine-urls") / "engine.log",
-        cpu_bind=str(max(os.sched_getaffinity(0))),
-        allow_audio_urls=True,
-        audio_url_domains=["localhost"],
-    )
-    yield engine
-    engine.stop()
-
-
-def test_allowed_domains_only_and_no_redirects(url_engine, media) -> None:
-    assert chat(url_engine, f"http://localhost:{media.port}/clip.wav").status_code == 200
-    assert media.paths == ["/clip.wav"]
-    reply = chat(url_engine, f"http://127.0.0.1:{media.port}/clip.wav")  # same server, host not listed
-    assert reply.status_code == 400 and "allowed domains" in reply.json()["error"]["message"]
-    assert media.paths == ["/clip.wav"]
-    reply = chat(url_engine, f"http://localhost:{media.port}/redirect")
-    assert reply.status_code == 500  # vLLM 0.32 decodes the 302's empty body ("Format not recognised")
-    assert media.paths == ["/clip.wav", "/redirect"]  # the redirect was not followed
+@pytest.mark.parametrize("gateway_urls", [{}, {"ALM_ALLOW_AUDIO_URLS": "true", "ALM_AUDIO_URL_DOMAINS": "localhost"}])
+def test_engines_fetch_no_url_whatever_the_gateway_fetches(clean_env, gateway_urls) -> None:
+    """The gateway fetches audio URLs itself: an engine allow-list would only serve requests sent past it."""
+    for name, value in gateway_urls.items():
+        clean_env.setenv(name, value)
+    launch = engine_launch(EngineSettings(model_path="/m"), cpu=True)
+    argv = list(launch.argv)
+    start = argv.index("--allowed-media-domains") + 1
+    assert argv[start : start + 2] == [NO_URL_FETCHING, "--dtype"]
+    assert argv.count("--allowed-media-domains") == 1 and "localhost" not in argv
+    assert launch.env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"

@@ -3,6 +3,7 @@ leave the gateway, and every IPv6 form of a private IPv4 address counts as non-p
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import httpx
@@ -10,9 +11,11 @@ import pytest
 from audio_synth import chat_body, encode, tone
 from fakes import serve
 from fastapi import FastAPI, Request, Response
+from pydantic import ValidationError
 
+from server.config import load_settings
 from server.errors import InvalidAudio
-from server.urlguard import is_public, parse_audio_url
+from server.urlguard import is_public, parse_audio_url, vet_audio_url
 
 M = "fake-model"
 
@@ -129,3 +132,53 @@ def test_bad_urls_through_the_gateway_are_400(start_fake, start_gateway, url: st
     )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"].startswith("messages[0].content[0]") and fake.bodies == []
+
+
+def test_compressed_audio_is_refused_undecoded(start_fake, start_gateway, stack) -> None:
+    app, seen = FastAPI(), []
+    bomb = gzip.compress(gzip.compress(b"\0" * (64 * 1024 * 1024)))  # ~64 KiB on the wire, 64 MiB decoded
+
+    @app.get("/bomb.wav")
+    async def clip(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        return Response(bomb, media_type="audio/wav", headers={"content-encoding": "gzip"})
+
+    base = stack.enter_context(serve(app)).replace("127.0.0.1", "localhost")
+    fake, url = start_fake()
+    gw = start_gateway([url], allow_audio_urls=True, audio_url_domains=["localhost"], audio_url_allow_private=True)
+    resp = httpx.post(gw + "/v1/chat/completions", json=audio_url(base + "/bomb.wav"))
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "audio_url_encoded", resp.text
+    assert resp.json()["error"]["param"] == "messages[0].content[0].audio_url.url"
+    assert seen[0]["accept-encoding"] == "identity" and fake.bodies == []
+
+
+def test_every_url_is_vetted_before_any_is_fetched(start_fake, start_gateway, media) -> None:
+    base, seen = media
+    fake, url = start_fake()
+    gw = start_gateway([url], allow_audio_urls=True, audio_url_domains=["localhost"], audio_url_allow_private=True)
+    body = chat_body(
+        M,
+        {"type": "audio_url", "audio_url": {"url": base + "/a.wav"}},
+        {"type": "audio_url", "audio_url": {"url": "http://metadata.internal/a.wav"}},
+    )
+    resp = httpx.post(gw + "/v1/chat/completions", json=body)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "audio_url_not_allowed"
+    assert resp.json()["error"]["param"] == "messages[0].content[1].audio_url.url"
+    assert seen == [] and fake.bodies == []
+
+
+def test_url_vetting_is_by_domain() -> None:
+    assert vet_audio_url("http://a.b.example.com/x", "p", ["example.com"]).host == "a.b.example.com"
+    for url in ("http://example.com.evil/x", "http://badexample.com/x", "http://10.0.0.1/x"):
+        with pytest.raises(InvalidAudio) as info:
+            vet_audio_url(url, "p", ["example.com"])
+        assert info.value.code == "audio_url_not_allowed" and info.value.param == "p"
+
+
+def test_urls_allowed_without_domains_is_refused_at_start_up(monkeypatch) -> None:
+    monkeypatch.setenv("ALM_ALLOW_AUDIO_URLS", "true")
+    monkeypatch.setenv("ALM_AUDIO_URL_DOMAINS", "")
+    with pytest.raises(ValidationError, match="ALM_AUDIO_URL_DOMAINS"):
+        load_settings()
+    monkeypatch.setenv("ALM_AUDIO_URL_DOMAINS", "media.example.com")
+    assert load_settings().audio_url_domains == ["media.example.com"]

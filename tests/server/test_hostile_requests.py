@@ -215,8 +215,9 @@ def test_large_bodies_in_flight_are_bounded(start_fake, start_gateway) -> None:
     gw = start_gateway([url], max_body_bytes_in_flight=budget, retry_after_s=3, **limits)
     holder = RawClient(gw)
     try:
-        holder.start(CHAT, budget - 100_000, b'{"model": ')  # holds most of the budget while it trickles
-        time.sleep(0.2)
+        # Sends most of the budget and stalls: bytes received are held, bytes only declared are not.
+        holder.start(CHAT, budget - 90_000, b'{"model": "' + b"a" * (budget - 100_000))
+        time.sleep(0.5)
         big = user({"type": "text", "text": "a" * 40_000}, *[audio_part("wav", 1.5)] * 3)
         resp = httpx.post(gw + CHAT, json=big)
         assert resp.status_code == 429 and resp.headers["retry-after"] == "3"
@@ -226,6 +227,43 @@ def test_large_bodies_in_flight_are_bounded(start_fake, start_gateway) -> None:
         holder.close()
     time.sleep(0.3)  # the server notices the closed connection and releases its share
     assert httpx.post(gw + CHAT, json=big).status_code == 200
+
+
+def test_declared_but_unsent_bodies_hold_no_budget(start_fake, start_gateway) -> None:
+    _, url = start_fake()
+    limits = {"max_audio_bytes": 64 * 1024, "max_text_body_bytes": 64 * 1024}
+    budget = load_settings(**limits).max_body_bytes + 50_000
+    gw = start_gateway([url], max_body_bytes_in_flight=budget, **limits)
+    idle = [RawClient(gw), RawClient(gw)]
+    try:
+        for client in idle:  # headers only, each declaring nearly the whole budget
+            client.start(CHAT, budget - 100_000)
+        time.sleep(0.2)
+        big = user({"type": "text", "text": "a" * 40_000}, *[audio_part("wav", 1.5)] * 3)
+        assert httpx.post(gw + CHAT, json=big).status_code == 200
+    finally:
+        for client in idle:
+            client.close()
+
+
+def test_unauthenticated_bodies_are_refused_before_they_are_sized(start_fake, start_gateway) -> None:
+    _, url = start_fake()
+    limits = {"max_audio_bytes": 64 * 1024, "max_text_body_bytes": 64 * 1024}
+    budget = load_settings(**limits).max_body_bytes + 50_000
+    gw = start_gateway([url], api_keys=["sk-test"], max_body_bytes_in_flight=budget, **limits)
+    auth = {"authorization": "Bearer sk-test"}
+    big = user({"type": "text", "text": "a" * 40_000}, *[audio_part("wav", 1.5)] * 3)
+    clients = [RawClient(gw), RawClient(gw)]
+    try:
+        clients[0].start(CHAT, 10 * budget)  # over the size limit, but 401 comes first
+        clients[1].start(CHAT, budget - 90_000)
+        for client in clients:
+            status, body = client.response()
+            assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        assert httpx.post(gw + CHAT, json=big, headers=auth).status_code == 200
+    finally:
+        for client in clients:
+            client.close()
 
 
 # --------------------------------------------------------------------------- transcriptions
@@ -267,6 +305,27 @@ def test_transcription_form_errors_name_the_field(gateway, files, data, param: s
     fake, gw = gateway
     resp = httpx.post(gw + "/v1/audio/transcriptions", files=files, data=data)
     assert resp.status_code == 400 and error_of(resp)["param"] == param and fake.bodies == []
+
+
+def test_transcription_form_fields_with_lone_surrogates_are_400(gateway) -> None:
+    fake, gw = gateway
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\ncontent-disposition: form-data; name="model"\r\n\r\n{M}\r\n'
+            f'--{boundary}\r\ncontent-disposition: form-data; name="prompt"\r\n\r\n+2AA-\r\n'
+            f'--{boundary}\r\ncontent-disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        ).encode()
+        + encode(tone(1.0), 16_000, "wav")
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    resp = httpx.post(
+        gw + "/v1/audio/transcriptions",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}; charset=utf-7"},
+    )
+    assert resp.status_code == 400 and fake.bodies == []
+    assert error_of(resp)["code"] == "invalid_unicode" and error_of(resp)["param"] == "prompt"
 
 
 def test_transcription_without_multipart_names_the_file(gateway) -> None:

@@ -165,3 +165,24 @@ async def test_suspect_ejects_at_once_only_when_another_engine_serves_every_mode
     assert not a.healthy and not pool._probes and (await pool.acquire("m1")) is b  # routed around at once
     await pool.check_all()
     assert a.healthy  # the next health round re-admits it
+
+
+async def test_dns_failure_keeps_that_seeds_engines(monkeypatch) -> None:
+    """One seed's name failing to resolve (a DNS hiccup) keeps its engines; the other seeds still refresh."""
+    table: dict[str, list[str] | None] = {"a": ["10.0.0.1", "10.0.0.2"], "b": ["10.0.1.1"]}
+
+    async def getaddrinfo(host, port, **kwargs):
+        if table[host] is None:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in table[host]]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    settings = load_settings(engine_urls=["http://a:8000", "http://b:9000"], engine_dns_expand=True)
+    pool = EnginePool(settings, None, Metrics())  # type: ignore[arg-type]  # discovery only: no HTTP
+    await pool.discover()
+    table["a"], table["b"] = None, ["10.0.1.2"]
+    await pool.discover()
+    assert sorted(pool.engines) == ["http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.1.2:9000"]
+    table["a"] = ["10.0.0.2"]
+    await pool.discover()
+    assert sorted(pool.engines) == ["http://10.0.0.2:8000", "http://10.0.1.2:9000"]
