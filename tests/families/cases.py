@@ -41,6 +41,7 @@ def test_chat_non_stream(client: openai.OpenAI, family_server: EngineProcess, au
     assert reply.usage.completion_tokens == len(choice.token_ids) > 0
     # Equal up to invalid UTF-8 (random weights emit lone bytes; vLLM's incremental detokenizer withholds them).
     text = tokenizer.decode(choice.token_ids, skip_special_tokens=True)
+    assert isinstance(text, str)
     assert choice.message.content.replace("\ufffd", "") == text.replace("\ufffd", "")
     prompt = reply.prompt_token_ids
     assert reply.usage.prompt_tokens == len(prompt)

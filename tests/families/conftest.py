@@ -1,5 +1,6 @@
-"""One tiny checkpoint, one real vLLM engine and one transformers run per family module (module scope): each
-family module names ``FAMILY`` and imports the shared tests from ``tests.families.cases``."""
+"""One tiny checkpoint, one real vLLM engine, one gateway in front of it and one transformers run per family
+module (module scope): each family module names ``FAMILY`` and imports the shared tests from
+``tests.families.cases`` (the engine directly) and ``tests.families.gateway_cases`` (through the gateway)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import openai
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from alm.families import model_facts_env
 from alm.tiny import make
 from alm.tiny.tokenizer import token_ids
+from server.app import create_app
+from server.config import load_settings
 from tests.engine import EngineProcess
 from tests.families import cases
 from tests.families.support import family_engine, transformers_answers
+from tests.server.fakes import serve
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +37,27 @@ def family_server(family_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def client(family_server: EngineProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{family_server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def gateway(family_server: EngineProcess, family_checkpoint: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The gateway (in this process, on a real socket) in front of the module's engine, told the model's audio
+    facts the way ``alm serve`` tells it (``ALM_MODEL_FACTS`` read from the checkpoint). Its own clip limit lies
+    above the family's window, so the window, not the gateway's limit, is what refuses a longer clip."""
+    settings = load_settings(
+        engine_urls=[family_server.url],
+        model_facts=model_facts_env({family_server.model: family_checkpoint}),
+        max_audio_seconds=request.module.WINDOW_S + 60,
+        transcription_max_tokens=8,
+        health_interval_s=0.5,
+    )
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def gateway_client(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")

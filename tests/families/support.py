@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import soundfile as sf
@@ -49,8 +50,16 @@ def pcm16(clip: np.ndarray) -> np.ndarray:
     return sf.read(io.BytesIO(base64.b64decode(wav_b64(clip))), dtype="float32")[0]
 
 
-def audio_part(clip: np.ndarray) -> dict[str, Any]:
-    return {"type": "input_audio", "input_audio": {"data": wav_b64(clip), "format": "wav"}}
+def flac_b64(clip: np.ndarray) -> str:
+    """16-bit FLAC: long clips stay small on the wire (silence compresses to almost nothing)."""
+    buf = io.BytesIO()
+    sf.write(buf, clip, RATE, format="FLAC", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def audio_part(clip: np.ndarray, fmt: str = "wav") -> dict[str, Any]:
+    encode = {"wav": wav_b64, "flac": flac_b64}[fmt]
+    return {"type": "input_audio", "input_audio": {"data": encode(clip), "format": fmt}}
 
 
 def user(clip: np.ndarray | None, text: str) -> dict[str, Any]:
@@ -73,14 +82,24 @@ def chat(client: openai.OpenAI, model: str, messages: list[dict[str, Any]], **kw
     return client.chat.completions.create(model=model, messages=messages, **{**GREEDY, **kwargs})  # type: ignore[arg-type]  # plain dicts
 
 
+def engine_tokens(engine: EngineProcess) -> tuple[float, float]:
+    """The engine's prompt and generated tokens so far (its ``/metrics`` counters, every label summed)."""
+    lines = httpx.get(f"{engine.url}/metrics", timeout=10).text.splitlines()
+    return tuple(  # type: ignore[return-value]  # two names → two sums
+        sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+        for name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+    )
+
+
 @contextmanager
-def family_engine(checkpoint: Path, log_path: Path) -> Iterator[EngineProcess]:
-    """The engine on ``checkpoint`` with what its family needs (alm.families.engine_env: the Omni extras)."""
+def family_engine(checkpoint: Path, log_path: Path, shared_audio_dir: Path | None = None) -> Iterator[EngineProcess]:
+    """The engine on ``checkpoint`` with what its family needs (alm.families.engine_env: the Omni extras);
+    ``shared_audio_dir``: where a same-host gateway may hand it clips as files."""
     extra = engine_env(checkpoint, cpu=True)
     saved = {key: os.environ.get(key) for key in extra}
     os.environ.update(extra)
     try:
-        engine = start_engine(checkpoint, log_path, served_model=checkpoint.name)
+        engine = start_engine(checkpoint, log_path, served_model=checkpoint.name, shared_audio_dir=shared_audio_dir)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -18,12 +18,23 @@ from tests.families.cases import (  # noqa: F401  # collected here: this family'
     test_greedy_tokens_equal_transformers,
     test_multi_turn_with_audio_in_an_earlier_turn,
 )
+from tests.families.gateway_cases import (  # noqa: F401  # collected here: this family's rows through the gateway
+    test_gateway_chat_non_stream,
+    test_gateway_chat_stream,
+    test_gateway_multi_turn_with_audio_in_an_earlier_turn,
+    test_gateway_refuses_a_clip_past_the_window,
+    test_gateway_serves_a_long_clip_whole,
+    test_gateway_transcription,
+)
 from tests.families.support import chat, tone, user
 
 FAMILY = "qwen2-audio"
 AUDIO_TOKEN = "<|AUDIO|>"
 TOKENS_5S_45S = (125, 750)
 """25 tokens per second; 45 s gives the 30 s count."""
+WINDOW_S = 30.0
+WITHIN = (30.0, 750)
+"""The whole window reaches the model: 30 s × 25 tokens."""
 
 
 def test_silent_30s_cut(client: openai.OpenAI, family_server: EngineProcess, audio_token_id: int) -> None:
