@@ -132,31 +132,10 @@ class HostArm:
 
 
 @dataclass
-class BenchStack(Stack):
-    """tests/containers' Stack with extra compose files merged last (the placement override)."""
-
-    extra_files: tuple[Path, ...] = ()
-
-    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        files = [arg for f in (*COMPOSE_FILES, *self.extra_files) for arg in ("-f", str(f))]
-        return run(
-            tool("docker-compose"),
-            "--project-directory",
-            REPO,
-            *files,
-            *args,
-            env=self.env,
-            timeout=timeout,
-            check=check,
-            log=self.log,
-        )
-
-
-@dataclass
 class ContainerArm:
     """One engine replica + one gateway of docker-compose.yml (+ compose.test.yml) on the CPU image."""
 
-    stack: BenchStack
+    stack: Stack
     url: str = ""
     ready_s: float = 0.0
     placement: str = field(default="")
@@ -166,8 +145,8 @@ class ContainerArm:
         engine_cpus = plan.engines[0] if plan else None
         gateway_cpus = plan.gateway if plan else None
         pinned = bool(plan and engine_cpus and gateway_cpus)
-        stack = BenchStack(f"almbench{uuid.uuid4().hex[:8]}", docker_host, models, work / "compose.log",
-                           extra_files=(HERE / "compose.bench.yml",) if pinned else ())  # fmt: skip
+        stack = Stack(f"almbench{uuid.uuid4().hex[:8]}", docker_host, models, work / "compose.log",
+                      extra_files=(HERE / "compose.bench.yml",) if pinned else ())  # fmt: skip
         stack.env["ALM_CPU_KVCACHE_GIB"] = KVCACHE_GIB
         if plan and engine_cpus and gateway_cpus:
             stack.env.update(

@@ -125,6 +125,8 @@ class Stack:
     docker_host: str
     model_dir: Path
     log: Path
+    extra_files: tuple[Path, ...] = ()
+    """Compose files merged after COMPOSE_FILES (bench/containers: its CPU-placement override)."""
     env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +146,7 @@ class Stack:
         }
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        files = [arg for f in COMPOSE_FILES for arg in ("-f", str(f))]
+        files = [arg for f in (*COMPOSE_FILES, *self.extra_files) for arg in ("-f", str(f))]
         return run(
             tool("docker-compose"),
             "--project-directory",
