@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.audio import FORMATS, AudioLimits, Clip, decode_audio, decode_base64, decode_data_url, encode_wav_base64
 from server.config import Settings
-from server.context_budget import ContextBudget
+from server.context_budget import ContextBudget, requested_output, text_tokens_min
 from server.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
 from server.jsonguard import check_root, check_value_count, loads
 from server.model_facts import ModelFacts, facts_for
@@ -29,6 +29,7 @@ from server.schemas import AudioURLPart, ChatCompletionRequest, InputAudioPart
 from server.shared_audio import SharedAudioDir
 from server.urlguard import vet_audio_url
 from server.validate import AudioPart, audio_parts, check_request_fields, quoted, validation_error
+from server.work import NO_WORK, RequestWork, audio_key
 
 MAX_URL_CHARS = 8192
 
@@ -69,6 +70,8 @@ class ChatJob:
     """What a prompt too long for the model's context is blamed on."""
     client_output: bool = True
     """``max_tokens`` is the client's, counted in the context budget (a transcription's is the gateway's own)."""
+    work: RequestWork = NO_WORK
+    """What it will cost an engine (routing and admission), once ``finish_chat`` has built it."""
 
 
 def parse_chat(raw_body: bytes, settings: Settings) -> ChatJob:
@@ -171,11 +174,16 @@ def finish_chat(
     budget = ContextBudget.of(
         job.body, settings, max_model_len, prompt_param=job.prompt_param, client_output=job.client_output, facts=facts
     )
+    text_tokens = text_tokens_min(messages, _BYTES_PER_TEXT_TOKEN)  # before clips replace the audio parts
+    audio_tokens, key = 0, None
     try:
         for ref in job.audio:
             clip = _decode(ref, limits, settings, job.model)
             ref.raw = None  # the encoded bytes are not needed again: free them before the engine call
             job.clip_seconds.append(clip.seconds)
+            audio_tokens += facts.count_audio(len(clip.samples))
+            if key is None:
+                key = audio_key(clip.samples)
             if budget is not None:
                 budget.add_clip(len(clip.samples))
             handed = shared.try_write(clip.samples) if shared is not None else None
@@ -196,8 +204,20 @@ def finish_chat(
         for k in range(1, len(pieces), 2):
             pieces[k] = payloads[int(pieces[k])]
         out = b"".join(pieces)
+    output = requested_output(job.body)
+    job.work = RequestWork(
+        audio_seconds=sum(job.clip_seconds),
+        audio_tokens=audio_tokens,
+        text_tokens=text_tokens,
+        output_tokens=output[1] if output is not None else None,
+        affinity_key=key,
+    )
     job.ingest_seconds = time.perf_counter() - start
     return out
+
+
+_BYTES_PER_TEXT_TOKEN = 4
+"""For routing's work estimate (not a bound): ~4 bytes of non-space text per token, typical of BPE vocabularies."""
 
 
 def clip_limits(settings: Settings, facts: ModelFacts) -> AudioLimits:

@@ -28,6 +28,7 @@ from server.config import Settings
 from server.engine_load import EngineLoad, MetricsTooLarge, Report, read_report
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
+from server.work import NO_WORK, RequestWork
 
 log = logging.getLogger("server.routing")
 
@@ -244,9 +245,9 @@ class EnginePool:
 
     # ------------------------------------------------------------------ slots
 
-    async def acquire(self, model: str, exclude: frozenset[str] = frozenset()) -> Engine:
-        """A slot on the least-loaded healthy engine serving ``model`` (not in ``exclude``); waits while every
-        one is at capacity.
+    async def acquire(self, model: str, exclude: frozenset[str] = frozenset(), work: RequestWork = NO_WORK) -> Engine:
+        """A slot on the least-loaded healthy engine serving ``model`` (not in ``exclude``) for a request of
+        ``work``; waits while every one is at capacity.
 
         Raises ModelNotFound (no engine has ever served it), NoHealthyEngine, or Overloaded (queue full).
         """

@@ -99,11 +99,11 @@ class Gateway:
             if not job.stream:
                 return _relay_reply(
                     await _unless_disconnected(
-                        self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive
+                        self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
                     )
                 )
             result = await _unless_disconnected(
-                self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id), receive
+                self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
             )
         finally:
             SharedAudioDir.remove(job.files)  # the engine has read them: its answer or first event is here
@@ -133,7 +133,7 @@ class Gateway:
         deadline = start + self.settings.request_timeout_s
         try:
             reply = await _unless_disconnected(
-                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id), receive
+                self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
             )
         finally:
             SharedAudioDir.remove(job.files)

@@ -29,6 +29,7 @@ from server.config import Settings
 from server.errors import GatewayError, GatewayTimeout, NoHealthyEngine, Overloaded, UpstreamError
 from server.metrics import Metrics
 from server.routing import Engine, EnginePool
+from server.work import NO_WORK, RequestWork
 
 log = logging.getLogger("server.upstream")
 
@@ -102,13 +103,13 @@ class Upstream:
         # since a client-chosen id may repeat across concurrent requests.
         return {"content-type": "application/json", "x-request-id": f"{request_id}-{secrets.token_hex(4)}"}
 
-    async def _engines(self, model: str, deadline: float) -> AsyncIterator[Engine]:
+    async def _engines(self, model: str, deadline: float, work: RequestWork) -> AsyncIterator[Engine]:
         """Yield up to ``max_attempts`` distinct engines (each holding a slot the caller must release)."""
         tried: set[str] = set()
         for attempt in range(self._settings.max_attempts):
             try:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                    engine = await self._pool.acquire(model, frozenset(tried))
+                    engine = await self._pool.acquire(model, frozenset(tried), work)
             except TimeoutError:
                 raise GatewayTimeout("the request timed out waiting for a free engine") from None
             except NoHealthyEngine:
@@ -145,10 +146,12 @@ class Upstream:
         log.warning("request %s: engine %s answered %s: %.500r", request_id, engine.name, status, body)
         return None
 
-    async def post(self, model: str, path: str, body: bytes, deadline: float, request_id: str) -> UpstreamReply:
+    async def post(
+        self, model: str, path: str, body: bytes, deadline: float, request_id: str, work: RequestWork = NO_WORK
+    ) -> UpstreamReply:
         """POST and read the whole answer, retrying on another engine on transport errors, 429 and 5xx."""
         attempts = _Attempts()
-        async for engine in self._engines(model, deadline):
+        async for engine in self._engines(model, deadline, work):
             reply: UpstreamReply | None = None
             try:
                 async with self._session.post(
@@ -169,11 +172,11 @@ class Upstream:
         raise attempts.error()
 
     async def stream(
-        self, model: str, path: str, body: bytes, deadline: float, request_id: str
+        self, model: str, path: str, body: bytes, deadline: float, request_id: str, work: RequestWork = NO_WORK
     ) -> UpstreamReply | EngineStream:
         """Open an SSE stream and wait for its first event; or the engine's client-error answer."""
         attempts = _Attempts()
-        async for engine in self._engines(model, deadline):
+        async for engine in self._engines(model, deadline, work):
             resp: aiohttp.ClientResponse | None = None
             handed_over = False
             try:
