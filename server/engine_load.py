@@ -1,11 +1,12 @@
 """An engine's load as one gateway sees it: the engine's own report, corrected by this gateway's traffic since.
 
-Every health round reads ``vllm:num_requests_running`` and ``vllm:num_requests_waiting`` from the engine's
-``/metrics``: they count the requests of *every* gateway in front of it. Between reports the gateway adds what
-it sent and subtracts what came back since the report was asked for, and never counts fewer than its own
+Every health round reads the engine's ``/load`` (requests inside its API server, from arrival to answer) and
+``vllm:num_requests_running`` / ``vllm:num_requests_waiting`` from its ``/metrics`` (the scheduler's part of
+those): they count the requests of *every* gateway in front of it. Between reports the gateway adds what it
+sent and subtracts what came back since the report was asked for, and never counts fewer than its own
 outstanding requests:
 
-    load = max(own outstanding, reported running + waiting + sent since − finished since)
+    load = max(own outstanding, reported requests + sent since − finished since)
 
 So several gateways in front of the same engines balance by the engines' real load, and one gateway alone
 routes exactly as by its own counts.
@@ -32,6 +33,14 @@ class Report:
     """``time.monotonic()`` when it was asked for."""
     sent: int
     done: int
+    in_server: int | None = None
+    """``/load``: requests inside the engine's API server, pre- and post-processing included; None: unknown."""
+
+    @property
+    def requests(self) -> int:
+        """The engine's requests: ``/load`` where it counts at least the scheduler's (an engine started without
+        load tracking answers 0), else running + waiting."""
+        return max(self.in_server or 0, self.running + self.waiting)
 
 
 @dataclass
@@ -59,7 +68,7 @@ class EngineLoad:
         if report is None or now - report.at > max_age_s:
             return self.outstanding
         since = (self.sent - report.sent) - (self.done - report.done)
-        return max(self.outstanding, report.running + report.waiting + since)
+        return max(self.outstanding, report.requests + since)
 
 
 class MetricsTooLarge(ValueError):

@@ -24,6 +24,7 @@ def test_cpu_build(clean_env) -> None:
     assert launch.argv == (
         *SERVER, "--model", "/models/m7b", "--served-model-name", "m7b", "--host", "127.0.0.1", "--port", "8001",
         *AUDIO_IO, "--hf-overrides", '{"max_audio_seconds": 600.0}', "--allowed-media-domains", NO_URL_FETCHING,
+        "--enable-server-load-tracking",
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
     )  # fmt: skip
     assert launch.env == {"VLLM_MAX_AUDIO_DECODE_DURATION_S": "600", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
@@ -34,6 +35,7 @@ def test_cuda_build_keeps_vllm_defaults_unless_set(clean_env) -> None:
     assert engine_launch(settings, cpu=False).argv == (
         *SERVER, "--model", "org/model", "--served-model-name", "m", "--host", "0.0.0.0", "--port", "8000",
         *AUDIO_IO, "--hf-overrides", '{"max_audio_seconds": 600.0}', "--allowed-media-domains", NO_URL_FETCHING,
+        "--enable-server-load-tracking",
     )  # fmt: skip
     tuned = settings.model_copy(
         update={

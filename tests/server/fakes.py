@@ -50,6 +50,9 @@ class FakeEngine:
     ``/metrics`` reports load as vLLM does: the chat requests in progress, the first ``max_num_seqs`` of them
     ``vllm:num_requests_running`` and the rest ``vllm:num_requests_waiting``, plus ``extra_running`` /
     ``extra_waiting`` (another gateway's traffic, scripted); ``metrics_body`` replaces the whole answer.
+    ``/load`` reports as vLLM does with ``--enable-server-load-tracking``: every request in progress, the
+    ``extra_*`` ones and ``extra_in_server`` (requests in the API server's pre-/post-processing, which the
+    scheduler's gauges do not count); ``load_endpoint`` False → 404, as a vLLM without the endpoint.
 
     Every request the gateway abandons (closes the connection of) is recorded in ``aborts`` with the stage it
     had reached: ``before_headers``, ``before_first_event`` (headers sent, no body) or ``streaming``."""
@@ -75,6 +78,8 @@ class FakeEngine:
     extra_waiting: int = 0
     metrics_body: bytes | None = None
     metrics_scrapes: int = 0
+    extra_in_server: int = 0
+    load_endpoint: bool = True
     in_progress: int = 0
     _released: threading.Event = field(default_factory=threading.Event)
 
@@ -112,6 +117,13 @@ class FakeEngine:
             self.metrics_scrapes += 1
             body = self.metrics_body if self.metrics_body is not None else self.metrics_text()
             return Response(body, media_type="text/plain; version=0.0.4")
+
+        @app.get("/load")
+        async def load() -> Response:
+            if not self.load_endpoint:
+                return Response(status_code=404)
+            total = self.in_progress + self.extra_running + self.extra_waiting + self.extra_in_server
+            return JSONResponse({"server_load": total})
 
         @app.get("/v1/models")
         async def models() -> dict:

@@ -165,9 +165,32 @@ async def test_health_round_reads_the_engines_load(start_fake, session) -> None:
     assert f'alm_gateway_engine_running_requests{{engine="{name}"}} 0.0' in exported(metrics)
 
 
+async def test_requests_in_the_api_server_count_through_load(start_fake, session) -> None:
+    """Requests still in vLLM's pre-/post-processing are in ``/load`` but not in the scheduler's gauges."""
+    busy, busy_url = start_fake(model="m", extra_running=1, extra_in_server=5)
+    _, idle_url = start_fake(model="m", extra_running=2)
+    pool = EnginePool(load_settings(engine_urls=[busy_url, idle_url]), session, Metrics())
+    await pool.check_all()
+    engine = pool.engines[busy_url]
+    assert engine.server_load is True and pool.load(engine) == 6 and pool.load(pool.engines[idle_url]) == 2
+    assert (await pool.acquire("m")).url == idle_url
+    busy.extra_in_server = 0  # an engine started without load tracking answers 0: its gauges still count
+    await pool.check_all()
+    assert pool.load(engine) == 1
+
+
+async def test_an_engine_without_load_endpoint_is_routed_by_its_gauges(start_fake, session) -> None:
+    _, url = start_fake(model="m", extra_running=3, load_endpoint=False)
+    pool = EnginePool(load_settings(engine_urls=[url]), session, Metrics())
+    await pool.check_all()
+    await pool.check_all()
+    engine = pool.engines[url]
+    assert engine.server_load is False and pool.load(engine) == 3
+
+
 @pytest.mark.parametrize("body", [b"no metrics here\n", b"# " + b"x" * 10_000 + b"\n"], ids=["garbage", "too-large"])
 async def test_an_engine_without_readable_metrics_stays_healthy_on_own_counts(start_fake, session, body) -> None:
-    fake, url = start_fake(model="m", metrics_body=body)
+    fake, url = start_fake(model="m", metrics_body=body, load_endpoint=False)
     pool = EnginePool(load_settings(engine_urls=[url], engine_metrics_max_bytes=4096), session, Metrics())
     await pool.check_all()
     engine = pool.engines[url]

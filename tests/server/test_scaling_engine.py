@@ -90,6 +90,8 @@ async def test_overload_queues_inside_the_engine_above_the_hpa_target(small_engi
             assert (running, waiting) == (MAX_NUM_SEQS, ENGINE_MAX_WAITING)
             assert waiting > hpa_target()
             assert peak <= MAX_NUM_SEQS + ENGINE_MAX_WAITING  # never more than its capacity
+            # The engine contract turns on vLLM's /load: what the gateway routes by counts the same 12 requests.
+            assert (await client.get(small_engine.url + "/load")).json() == {"server_load": 12}
             # Beyond the engine's capacity and the gateway's queue: backpressure.
             refused = await client.post(gateway + "/v1/chat/completions", json=body)
             assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
