@@ -140,7 +140,11 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
     eager = settings.engine_eager if settings.engine_eager is not None else cpu
     if settings.engine_eager is not None or eager:
         argv.append("--enforce-eager" if eager else "--no-enforce-eager")
-    max_len = settings.max_model_len or (CPU_MAX_MODEL_LEN if cpu else None)
+    # The CPU default never exceeds what the checkpoint's family can serve (Qwen-Audio-Chat: 2048, whose
+    # config vLLM derives that from; a longer --max-model-len is refused at start-up).
+    family = families.detect(settings.model_path)
+    cap = family.max_model_len if family is not None and family.max_model_len else CPU_MAX_MODEL_LEN
+    max_len = settings.max_model_len or (min(CPU_MAX_MODEL_LEN, cap) if cpu else None)
     for flag, value in (
         ("--max-model-len", max_len),
         ("--max-num-seqs", settings.max_num_seqs),

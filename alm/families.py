@@ -35,6 +35,10 @@ class Family:
     needs_torchvision: bool = False
     cuts_at_chunk: bool = False
     """Its processor cuts a clip at the feature extractor's ``n_samples`` (``chunk_length`` seconds)."""
+    config_key: str | None = None
+    """A ``config.json`` key its checkpoints have and others of the same architecture lack."""
+    max_model_len: int | None = None
+    """Longest context it is served with by default (positions past it behave unlike the published model)."""
 
 
 FAMILIES = (
@@ -44,6 +48,9 @@ FAMILIES = (
                             "Qwen2_5OmniThinkerForConditionalGeneration"), needs_torchvision=True, cuts_at_chunk=True),
     Family("qwen3-omni", ("Qwen3OmniMoeForConditionalGeneration",
                           "Qwen3OmniMoeThinkerForConditionalGeneration"), needs_torchvision=True),
+    # QWenLMHeadModel is also text-only Qwen-7B: only a config with an `audio` section is Qwen-Audio. Beyond
+    # seq_length 2048 the published model switches on dynamic NTK and log-n attention, which ours does not.
+    Family("qwen-audio-chat", ("QWenLMHeadModel",), config_key="audio", max_model_len=2048),
 )  # fmt: skip
 _BY_ARCHITECTURE = {arch: family for family in FAMILIES for arch in family.architectures}
 
@@ -61,8 +68,9 @@ def detect(model_path: str | Path) -> Family | None:
     config = _read_json(Path(model_path) / "config.json")
     architectures = config.get("architectures")
     for arch in architectures if isinstance(architectures, list) else []:
-        if isinstance(arch, str) and arch in _BY_ARCHITECTURE:
-            return _BY_ARCHITECTURE[arch]
+        family = _BY_ARCHITECTURE.get(arch) if isinstance(arch, str) else None
+        if family is not None and (family.config_key is None or family.config_key in config):
+            return family
     return None
 
 

@@ -38,6 +38,18 @@ def qwen3_omni(n_samples: int) -> int:
     return max(0, ((rest - 1) // 2 + 1 - 1) // 2 + 1 + (frames // 100) * 13)
 
 
+def qwen_audio(n_samples: int) -> int:
+    """Qwen-Audio-Chat (model_plugins/qwen_audio/spans.py): the clip in consecutive pieces of at most 30 s, each a
+    span of n + 2 tokens with mel_len = L // 160, T = (mel_len - 1) // 2 + 1, n = (T - 2) // 2 + 1 (a piece under
+    480 samples is padded to it). 30 s → 752, 45 s → 752 + 377."""
+    piece = 30 * 16_000
+    total = 0
+    for start in range(0, max(n_samples, 1), piece):
+        mel_len = max(min(piece, n_samples - start), 3 * HOP) // HOP
+        total += ((mel_len - 1) // 2 + 1 - 2) // 2 + 1 + 2
+    return total
+
+
 def uncounted(n_samples: int) -> int:
     """A model whose formula the gateway does not know: 0 tokens, so audio never causes a refusal."""
     return 0
@@ -47,6 +59,7 @@ FORMULAS: dict[str, AudioTokenCount] = {
     "midashenglm": midashenglm,
     "whisper": whisper,
     "qwen3-omni": qwen3_omni,
+    "qwen-audio": qwen_audio,
     "none": uncounted,
 }
 """Values of a model's ``audio_tokens`` fact."""

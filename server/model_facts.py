@@ -88,6 +88,14 @@ FAMILIES: dict[str, ModelFacts] = {
         audio_placeholder="<|audio_start|><|audio_pad|><|audio_end|>",
         transcription_prompt="Transcribe this audio.",  # vLLM's own transcription prompt for Qwen3-Omni
     ),
+    # Our plugin (model_plugins/qwen_audio): a clip over 30 s becomes consecutive <= 30 s spans in the prompt, so
+    # nothing is cut (no max_clip_seconds); the context (2048 tokens) bounds a request to ~81 s of audio.
+    "qwen-audio-chat": ModelFacts(
+        family="qwen-audio-chat",
+        audio_tokens="qwen-audio",
+        audio_placeholder="Audio 1:<audio></audio>",
+        transcription_prompt="What does the person say?",  # the published Qwen-Audio-Chat README's example
+    ),
 }
 """Family defaults; a checkpoint's own values (alm/families.py ``checkpoint_facts``) override them."""
 DEFAULT_CHOICES = (*FAMILIES, "none")

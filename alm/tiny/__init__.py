@@ -17,6 +17,7 @@ FAMILIES: dict[str, str] = {
     "qwen2-audio": "alm.tiny.qwen2_audio:make",
     "qwen2.5-omni": "alm.tiny.qwen2_5_omni:make",
     "qwen3-omni": "alm.tiny.qwen3_omni:make",
+    "qwen-audio-chat": "model_plugins.qwen_audio.tiny:make",
 }
 """``--family`` name → ``module:function(out_dir, seed=...)`` writing the checkpoint."""
 DEFAULT_FAMILY = "midashenglm"

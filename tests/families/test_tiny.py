@@ -69,7 +69,7 @@ def test_chat_template_renders_the_audio_placeholder(made: tuple[str, Path]) -> 
 
 
 def test_seeded() -> None:
-    assert set(FAMILIES) == {"midashenglm", *LAYOUT}
+    assert set(FAMILIES) == {"midashenglm", "qwen-audio-chat", *LAYOUT}
     with pytest.raises(ValueError, match="unknown family 'qwen9'"):
         make("qwen9", "/nonexistent")
 

@@ -1,0 +1,148 @@
+"""Qwen-Audio-Chat for vLLM: Whisper-style audio tower (encoder.py) -> vLLM's own Qwen2 decoder.
+
+The published decoder is QWen-v1 (vLLM 0.32 dropped its text-only QWen), which is Qwen2's computation with MHA,
+bias on q/k/v only and plain RoPE up to `seq_length` 2048; weights.py maps its names onto vLLM's Qwen2, so
+continuous batching, chunked prefill, torch.compile and CUDA graphs apply unchanged. Each audio item's prompt
+span (processing.py) is overwritten with [bos, encoder output, eos] per <= 30 s piece.
+"""
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar, cast
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.logger import init_logger
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.sequence import IntermediateTensors
+
+from .audio_weights import OPTIONAL, published_shapes
+from .config import QWenAudioConfig
+from .encoder import QwenAudioEncoder
+from .frontend import log_mel
+from .processing import (
+    QWenAudioDummyInputsBuilder,
+    QWenAudioMultiModalProcessor,
+    QWenAudioProcessingInfo,
+    placeholder,
+)
+from .spans import MIN_PIECE_SAMPLES, clip_tokens, piece_bounds
+from .weights import AUDIO_PREFIX, CheckpointSplit, decoder_weights, published_decoder_names
+
+if TYPE_CHECKING:
+    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+logger = init_logger(f"vllm.plugins.{__name__}")
+
+
+def split_pieces(waveforms: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Every clip's consecutive <= 30 s pieces (short ones zero-padded to the minimum), and pieces per clip."""
+    pieces, counts = [], []
+    for waveform in waveforms:
+        bounds = piece_bounds(int(waveform.shape[-1]))
+        for start, end in bounds:
+            piece = waveform[start:end]
+            if piece.shape[-1] < MIN_PIECE_SAMPLES:
+                piece = nn.functional.pad(piece, (0, MIN_PIECE_SAMPLES - piece.shape[-1]))
+            pieces.append(piece)
+        counts.append(len(bounds))
+    return pieces, counts
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    QWenAudioMultiModalProcessor,
+    info=QWenAudioProcessingInfo,
+    dummy_inputs=QWenAudioDummyInputsBuilder,
+)
+class QWenAudioForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
+    packed_modules_mapping: ClassVar[dict[str, list[str]]] = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality.startswith("audio"):
+            return placeholder(i)
+        raise ValueError(f"Qwen-Audio takes audio, not {modality}")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = cast(QWenAudioConfig, vllm_config.model_config.hf_config)
+        if config.audio is None:
+            raise ValueError("this checkpoint's config.json has no `audio` section: not a Qwen-Audio model")
+        self.config = config
+        logger.info(
+            "Qwen-Audio: serving with the alm plugin class %s.%s (max audio %.0f s per clip, in 30 s spans)",
+            type(self).__module__,
+            type(self).__qualname__,
+            config.max_audio_seconds,
+        )
+        with self._mark_tower_model(vllm_config, "audio"):
+            self.audio = QwenAudioEncoder(config.audio, prefix=maybe_prefix(prefix, "audio"))
+        with self._mark_language_model(vllm_config):
+            self.language_model = cast(
+                "Qwen2ForCausalLM",
+                init_vllm_registered_model(
+                    vllm_config=vllm_config,
+                    hf_config=config.text_config,
+                    prefix=maybe_prefix(prefix, "language_model"),
+                    architectures=["Qwen2ForCausalLM"],
+                ),
+            )
+        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def embed_audio(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """list of (samples,) 16 kHz waveforms -> list of (span tokens of the clip, hidden): every piece's
+        [bos, encoder output, eos], pieces in order."""
+        pieces, counts = split_pieces(waveforms)
+        device = next(self.audio.parameters()).device
+        mels, mel_lengths = log_mel([p.to(device=device, dtype=torch.float32) for p in pieces])
+        spans = self.audio(mels, mel_lengths)
+        out, k = [], 0
+        for waveform, count in zip(waveforms, counts, strict=True):
+            joined = torch.cat(spans[k : k + count])
+            k += count
+            expected = clip_tokens(int(waveform.shape[-1]))
+            if joined.shape[0] != expected:  # the processor's count and the tower's must agree
+                raise RuntimeError(f"audio tower gave {joined.shape[0]} embeddings for a span of {expected}")
+            out.append(joined)
+        return out
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        waveforms = cast("torch.Tensor | list[torch.Tensor] | None", kwargs.get("waveform"))
+        if waveforms is None:
+            return []
+        return self.embed_audio(list(waveforms))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
+
+    def expected_tensors(self) -> set[str]:
+        """Every published tensor name this config needs (decoder table + the audio tower's table, less the fixed
+        sinusoids the tower rebuilds when a checkpoint lacks them)."""
+        audio = {AUDIO_PREFIX + name for name in published_shapes(self.config.audio) if name not in OPTIONAL}
+        return published_decoder_names(self.config.num_hidden_layers) | audio
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Published names; a missing tensor is an error that names it (before the audio tower loads), and so is
+        an unexpected one."""
+        split = CheckpointSplit(weights)
+        loaded = {f"language_model.{n}" for n in self.language_model.load_weights(decoder_weights(split.decoder()))}
+        split.raise_if_missing(self.expected_tensors())
+        loaded |= {f"audio.{n}" for n in self.audio.load_weights(split.audio)}
+        return loaded
