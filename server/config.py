@@ -6,7 +6,7 @@ nothing here reads the environment at import time.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,11 +47,22 @@ class Settings(BaseSettings):
     """Requests that may wait in the gateway for a free engine slot (bursts beyond every engine's batch and
     queue); beyond that → 429."""
     retry_after_s: int = Field(1, ge=0)
+    max_queued_audio_seconds: float = Field(3600.0, ge=0)
+    """Seconds of audio per model this gateway holds queued (admitted, engine not answering yet: in the gateway's
+    queue, the engine's queue or prefill); a request with audio beyond it → 429 ``audio_backlog`` with a
+    Retry-After from the measured drain rate (server/backlog.py). 0 → no bound. The default, an hour of audio, is
+    about 5 s of work for one GPU engine at MiDashengLM's published batch throughput (25 requests of 30 s per
+    second), so a GPU deployment's bursts never meet it; for slower engines (CPU) lower it to what they drain
+    well within ``request_timeout_s``."""
     request_timeout_s: float = Field(600.0, gt=0)
     """End-to-end deadline per request (queueing included) → 504."""
     connect_timeout_s: float = Field(3.0, gt=0)
     max_attempts: int = Field(3, ge=1)
-    """Engines tried per request while nothing has been sent to the client."""
+    """Engines tried per request: before anything reached the client, and for a stream also after (failover)."""
+    stream_failover: bool = True
+    """A stream whose engine fails after its first event resumes on another engine (the text already sent
+    continued as the final assistant message; server/resume.py): the client sees one uninterrupted stream. Off →
+    such a stream ends with an SSE error event."""
 
     # --- engine load ---
     max_num_seqs: int | None = Field(None, ge=1)
@@ -67,6 +78,17 @@ class Settings(BaseSettings):
     engine's ``/metrics``: routing and admission then count every gateway's requests, not only this one's."""
     engine_metrics_max_bytes: int = Field(4 * MiB, ge=4096)
     """Most of an engine's ``/metrics`` answer read per round (reading stops once both series are in hand)."""
+
+    # --- routing (server/policies.py, docs/routing.md) ---
+    routing: Literal["least-request", "least-work", "affinity", "affinity-least-work"] = "affinity-least-work"
+    """Which healthy engine takes a request: fewest requests; least work (audio + text prefill tokens not done yet
+    + decode tokens outstanding); the engine rendezvous hashing of the request's first clip picks (multi-turn
+    chats about a clip reach the engine whose prefix cache holds it), with bounded load; or (default) that
+    engine while it is within the bound, else (and for requests without audio) least work."""
+    routing_epsilon: float = Field(0.5, ge=0)
+    """Affinity's bound: an engine whose work is above (1 + this) × the average is skipped."""
+    routing_output_tokens: int = Field(128, ge=0)
+    """Decode tokens a request without ``max_tokens`` is counted as, in an engine's work."""
 
     # --- upstream ---
     max_sse_event_bytes: int = Field(4 * MiB, ge=1024)

@@ -5,8 +5,10 @@ engine is *suspect* instead: it stays in rotation and is probed at once, and onl
 one broken stream never turns every request into a 503 until the next health round.
 
 Engines are grouped by the models they serve (each engine's ``/v1/models``). ``acquire()`` hands out a slot on
-the healthy engine serving the model with the least load (server/engine_load.py: the engine's own report of its
-running and waiting requests, which counts every gateway's, corrected by this gateway's traffic since). An engine
+the healthy engine serving the model that the routing policy (server/policies.py, ``ALM_ROUTING``) chooses among
+those with room, from each engine's load in requests (server/engine_load.py: the engine's own report, which
+counts every gateway's, corrected by this gateway's traffic since) and in work (server/work.py: tokens of this
+gateway's requests on it, other gateways' valued at an average request's). An engine
 is given up to its capacity: its batch (``max_num_seqs``) plus a short queue inside vLLM, where waiting requests
 join the batch as soon as a sequence ends and where ``vllm:num_requests_waiting`` (the HPA's metric) counts them.
 When every engine is at capacity the caller waits in the gateway's bounded queue (bursts), and a full queue is a
@@ -28,7 +30,8 @@ from server.config import Settings
 from server.engine_load import EngineLoad, MetricsTooLarge, Report, read_report
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
-from server.work import NO_WORK, RequestWork
+from server.policies import Candidate, make_policy, request_tokens
+from server.work import NO_WORK, EngineWork, RequestWork
 
 log = logging.getLogger("server.routing")
 
@@ -48,6 +51,8 @@ class Engine:
     picks: int = 0
     server_load: bool | None = None
     """Whether it answers ``/load`` (None: not asked yet)."""
+    work: EngineWork = field(default_factory=lambda: EngineWork(0))
+    """This gateway's outstanding work on it (tokens, audio seconds)."""
 
     @property
     def outstanding(self) -> int:
@@ -66,6 +71,10 @@ class EnginePool:
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._by_seed: dict[str, set[str]] = {}
         """DNS mode: the engines each seed resolved to last time (kept while its name does not resolve)."""
+        self._policy = make_policy(settings.routing, settings.routing_epsilon, settings.routing_output_tokens)
+        self._mean_work = float(settings.routing_output_tokens)
+        """Tokens of an average request (moving average of those acquired): what another gateway's request on an
+        engine is counted as."""
         if not settings.engine_dns_expand:
             for url in settings.engine_urls:
                 self._add(url)
@@ -75,7 +84,12 @@ class EnginePool:
     def _add(self, url: str) -> Engine:
         if url not in self.engines:
             parts = urlsplit(url)
-            self.engines[url] = Engine(url=url, name=parts.netloc or url, capacity=self._settings.engine_capacity)
+            self.engines[url] = Engine(
+                url=url,
+                name=parts.netloc or url,
+                capacity=self._settings.engine_capacity,
+                work=EngineWork(self._settings.routing_output_tokens),
+            )
             self._metrics.add_engine(self.engines[url].name)
         return self.engines[url]
 
@@ -187,9 +201,18 @@ class EnginePool:
         max_age = 2 * self._settings.health_interval_s + self._settings.health_timeout_s
         return engine.load.estimate(time.monotonic(), max_age)
 
+    def work_of(self, engine: Engine, load: int | None = None) -> float:
+        """Tokens of work ``engine`` holds: this gateway's requests' (exact) plus the others its load counts
+        (other gateways', or reported but not yet finished) at an average request's work each."""
+        load = self.load(engine) if load is None else load
+        return engine.work.tokens + max(load - engine.outstanding, 0) * self._mean_work
+
     def _publish_load(self, engine: Engine) -> None:
+        load = self.load(engine)
         self._metrics.engine_in_flight.labels(engine.name).set(engine.outstanding)
-        self._metrics.engine_load.labels(engine.name).set(self.load(engine))
+        self._metrics.engine_load.labels(engine.name).set(load)
+        self._metrics.engine_work.labels(engine.name).set(self.work_of(engine, load))
+        self._metrics.engine_audio_in_flight.labels(engine.name).set(engine.work.audio_seconds)
 
     async def check_all(self) -> None:
         await self.discover()
@@ -275,8 +298,8 @@ class EnginePool:
     # ------------------------------------------------------------------ slots
 
     async def acquire(self, model: str, exclude: frozenset[str] = frozenset(), work: RequestWork = NO_WORK) -> Engine:
-        """A slot on the least-loaded healthy engine serving ``model`` (not in ``exclude``) for a request of
-        ``work``; waits while every one is at capacity.
+        """A slot on the healthy engine serving ``model`` (not in ``exclude``) that the routing policy chooses
+        for a request of ``work``; waits while every one is at capacity.
 
         Raises ModelNotFound (no engine has ever served it), NoHealthyEngine, or Overloaded (queue full).
         """
@@ -290,14 +313,9 @@ class EnginePool:
                     if any(model in e.models for e in self.engines.values()) or not self._any_models_known():
                         raise NoHealthyEngine(f"no healthy engine is serving model '{model}'")
                     raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-                loads = {e.url: self.load(e) for e in candidates}
-                free = [e for e in candidates if loads[e.url] < e.capacity]
-                if free:
-                    engine = min(free, key=lambda e: (loads[e.url], e.picks))
-                    engine.load.start()
-                    engine.picks += 1
-                    self._publish_load(engine)
-                    return engine
+                loads = [self.load(e) for e in candidates]
+                if any(load < e.capacity for e, load in zip(candidates, loads, strict=True)):
+                    return self._take(candidates, loads, work, retry=bool(exclude))
                 if not queued:
                     if self.waiting >= self._settings.max_queue:
                         raise Overloaded(
@@ -312,8 +330,34 @@ class EnginePool:
                 self.waiting -= 1
                 self._metrics.queue_depth.set(self.waiting)
 
-    def release(self, engine: Engine) -> None:
+    def _take(self, candidates: list[Engine], loads: list[int], work: RequestWork, retry: bool) -> Engine:
+        views = [
+            Candidate(e.url, load, self.work_of(e, load), e.picks, free=load < e.capacity)
+            for e, load in zip(candidates, loads, strict=True)
+        ]
+        choice = self._policy.choose(views, work)
+        if choice.affinity is not None and not retry:  # a retry's choice excludes engines already tried
+            self._metrics.affinity.labels(choice.affinity).inc()
+        engine = candidates[choice.index]
+        engine.load.start()
+        engine.work.add(work)
+        engine.picks += 1
+        if work is not NO_WORK:
+            self._mean_work += 0.05 * (request_tokens(work, self._settings.routing_output_tokens) - self._mean_work)
+        self._publish_load(engine)
+        return engine
+
+    def first_token(self, engine: Engine, work: RequestWork) -> None:
+        """The engine has sent a request's first token: its prefill is done and leaves the engine's work (call
+        once per request and engine; then ``release(engine, work, prefilled=True)``)."""
+        engine.work.first_token(work)
+        self._publish_load(engine)
+
+    def release(self, engine: Engine, work: RequestWork | None = None, prefilled: bool = False) -> None:
+        """Give back a request's slot; ``work``: the request's (as given to ``acquire``; None: an average
+        request's share is removed), ``prefilled``: ``first_token`` was called for it."""
         engine.load.finish()
+        engine.work.remove(work, prefilled)
         self._publish_load(engine)
         self._notify()
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import httpx
@@ -19,14 +20,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from server.backlog import NO_TICKET, Backlog, Ticket
 from server.config import Settings
 from server.errors import UpstreamError
 from server.fetch import fetch_audio_url
 from server.metrics import Metrics
 from server.prepare import ChatJob, finish_chat, parse_chat, transcription_job
+from server.resume import resume_plan
 from server.routing import EnginePool
 from server.shared_audio import SharedAudioDir
 from server.upstream import EngineStream, Upstream, UpstreamReply
+from server.usage import audio_seconds_field, with_audio_seconds
 
 T = TypeVar("T")
 log = logging.getLogger("server.service")
@@ -54,6 +58,7 @@ class Gateway:
         self.client = client
         self.executor = executor
         self.shared = shared
+        self.backlog = Backlog(settings, metrics, lambda model: any(model in e.models for e in pool.engines.values()))
 
     async def run_cpu(self, fn: Callable[..., T], *args: object) -> T:
         """Run CPU-heavy work (JSON of megabytes, audio decode) in the ingest pool, off the event loop."""
@@ -93,25 +98,49 @@ class Gateway:
     async def chat(self, raw_body: bytes, start: float, request_id: str, receive: Receive) -> Response:
         job, body = await self._prepare_chat(raw_body)
         deadline = start + self.settings.request_timeout_s
+        usage = audio_seconds_field(job.work.audio_seconds)
+        ticket, relaying, resume = NO_TICKET, False, None
         try:
+            ticket = self.backlog.admit(job.model, job.work.audio_seconds)  # 429 audio_backlog beyond the bound
             # Until the answer (or a stream's first event) is here, a client that leaves cancels the work:
             # queued for a slot, waiting for the engine, or retrying.
             if not job.stream:
-                return _relay_reply(
-                    await _unless_disconnected(
-                        self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
-                    )
+                reply = await _unless_disconnected(
+                    self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
                 )
+                if reply.status == 200:
+                    ticket.answered()
+                    reply.body = with_audio_seconds(reply.body, usage)
+                return _relay_reply(reply)
+            resume = resume_plan(job.body) if self.settings.stream_failover else None
             result = await _unless_disconnected(
-                self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
+                self.upstream.stream(job.model, CHAT_PATH, body, deadline, request_id, job.work, resume), receive
+            )
+            if isinstance(result, UpstreamReply):
+                return _relay_reply(result)
+            ticket.answered()
+            relaying = True
+            return EventStreamResponse(
+                result,
+                request_id,
+                self._first_event(job, start, ticket),
+                on_close=_closing(ticket, job.files if resume is not None else []),
+                usage=usage,
             )
         finally:
-            SharedAudioDir.remove(job.files)  # the engine has read them: its answer or first event is here
-        if isinstance(result, UpstreamReply):
-            return _relay_reply(result)
-        return EventStreamResponse(
-            result, request_id, lambda: self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - start)
-        )
+            if not (relaying and resume is not None):  # a resumed stream's engine reads them again
+                SharedAudioDir.remove(job.files)  # the engine has read them: its answer or first event is here
+            if not relaying:
+                ticket.close()  # answered, refused, failed or the client left (a stream's relay closes it)
+
+    def _first_event(self, job: ChatJob, start: float, ticket: Ticket) -> Callable[[], None]:
+        def observe() -> None:
+            ttft = time.monotonic() - start
+            self.metrics.ttft.labels("chat_completions").observe(ttft)
+            if ticket.counted:  # audio, for a served model (a bounded label set)
+                self.metrics.ttft_per_audio_second.labels(job.model).observe(ttft / job.work.audio_seconds)
+
+        return observe
 
     # ------------------------------------------------------------------ transcriptions
 
@@ -131,12 +160,17 @@ class Gateway:
         job = transcription_job(raw, filename, model, prompt, language, temperature, self.settings)
         body = await self._ingest(job)
         deadline = start + self.settings.request_timeout_s
+        ticket = NO_TICKET
         try:
+            ticket = self.backlog.admit(job.model, job.work.audio_seconds)
             reply = await _unless_disconnected(
                 self.upstream.post(job.model, CHAT_PATH, body, deadline, request_id, job.work), receive
             )
+            if reply.status == 200:
+                ticket.answered()
         finally:
             SharedAudioDir.remove(job.files)
+            ticket.close()
         if reply.status != 200:
             return _relay_reply(reply)
         try:
@@ -175,9 +209,18 @@ class EventStreamResponse(StreamingResponse):
     when a write fails), and always closes the stream however the relay ends: the engine slot is released and
     an unfinished engine request is aborted."""
 
-    def __init__(self, stream: EngineStream, request_id: str, on_first_event: Callable[[], None]) -> None:
-        super().__init__(_first_observed(stream, on_first_event), media_type="text/event-stream", headers=_SSE_HEADERS)
-        self._stream, self._request_id = stream, request_id
+    def __init__(
+        self,
+        stream: EngineStream,
+        request_id: str,
+        on_first_event: Callable[[], None],
+        on_close: Callable[[], None] = lambda: None,
+        usage: bytes = b"",
+    ) -> None:
+        """``usage``: the ``usage.audio_seconds`` member (server/usage.py) written into the usage chunk."""
+        events = _with_usage(stream, usage) if usage else stream
+        super().__init__(_first_observed(events, on_first_event), media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._stream, self._request_id, self._on_close = stream, request_id, on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -186,6 +229,22 @@ class EventStreamResponse(StreamingResponse):
             log.info("request %s: client left during the stream; engine request aborted", self._request_id)
         finally:
             self._stream.close()
+            self._on_close()
+
+
+def _closing(ticket: Ticket, files: list[Path]) -> Callable[[], None]:
+    """What ends with a stream's relay: its backlog ticket, and the clip files a resume could have needed."""
+
+    def close() -> None:
+        ticket.close()
+        SharedAudioDir.remove(files)
+
+    return close
+
+
+async def _with_usage(events: AsyncIterable[bytes], usage: bytes) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield with_audio_seconds(event, usage)
 
 
 async def _first_observed(events: AsyncIterable[bytes], on_first_event: Callable[[], None]) -> AsyncIterator[bytes]:

@@ -3,8 +3,9 @@
 With ``ALM_SHARED_AUDIO_DIR`` set (a directory the engines can read, ideally on tmpfs such as ``/dev/shm``, and
 given to each engine as ``--allowed-local-media-path``), each normalised clip is written there as a WAV and
 the engine gets a ``file://`` URL: no megabytes of base64 to encode, send, receive and decode on either side.
-A clip's file lives until the engine has read it (its answer, or a stream's first event, has arrived); files
-that a cancelled or crashed request left behind are swept once they are older than the request timeout.
+A clip's file lives until the engine has read it (its answer, or a stream's first event, has arrived), or for a
+stream that may resume on another engine (server/resume.py) until the stream ends; files that a cancelled or
+crashed request left behind are swept once they are older than the request timeout.
 """
 
 from __future__ import annotations

@@ -1,8 +1,16 @@
-"""Calls to engines: retries before the first byte, SSE relay, upstream close on client disconnect.
+"""Calls to engines: retries on other engines, stream failover, upstream close on client disconnect.
 
-A request is re-sent to another engine only while nothing has reached the client: for plain requests until
-the engine's whole answer is in hand, for streams until the first SSE event has arrived. After that, a failed
-stream ends with one final SSE ``error`` event so clients never hang.
+Non-streamed requests (``post``): nothing reaches the client before the engine's whole answer is in hand, so
+an engine that fails at any point (refuses the connection, answers 429 or 5xx, or drops the connection
+mid-generation) has the whole request re-sent to another engine, from scratch, up to ``max_attempts`` engines.
+The failed engine's connection is closed (vLLM aborts its request) and its slot released before the next try:
+a request never runs on two engines at once. The deadline (``request_timeout_s``) is never retried: a read
+that waits that long answers 504.
+
+Streams (``stream``): the same until the first SSE event has arrived. After that (server/engine_stream.py), a
+stream whose engine fails resumes on another engine with the text already sent (server/resume.py,
+``ALM_STREAM_FAILOVER``) within the same ``max_attempts``; a stream that cannot resume ends with one final SSE
+``error`` event so clients never hang.
 
 What reaches the client of an engine's answer: a 2xx (and a stream) verbatim; a 4xx (a client error) rebuilt
 in OpenAI's error shape from the engine's body; nothing of a 5xx (the gateway's own 502 instead: tracebacks and
@@ -16,6 +24,7 @@ Engine traffic goes through one aiohttp session: it costs ~0.15 ms of CPU per pr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -26,9 +35,12 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from server.config import Settings
+from server.engine_stream import TRANSPORT_ERRORS, Call, EngineStream, Leg
 from server.errors import GatewayError, GatewayTimeout, NoHealthyEngine, Overloaded, UpstreamError
 from server.metrics import Metrics
+from server.resume import Resume, StreamText, resume_body
 from server.routing import Engine, EnginePool
+from server.sse import EventTooLarge, sse_events
 from server.work import NO_WORK, RequestWork
 
 log = logging.getLogger("server.upstream")
@@ -39,6 +51,8 @@ _ERROR_BODY_BYTES = 64 * 1024
 """Of an engine's error answer, only this much is read (and logged or rebuilt)."""
 _MAX_MESSAGE_CHARS = 2000
 _MAX_RETRY_AFTER_S = 3600
+_INLINE_BODY = 64 * 1024
+"""A resumed request's body is rebuilt in a worker thread beyond this size."""
 
 
 @dataclass
@@ -48,10 +62,6 @@ class UpstreamReply:
     status: int
     body: bytes
     content_type: str
-
-
-TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
-"""What a failed engine call raises (aiohttp's timeouts are both)."""
 
 
 def engine_session() -> aiohttp.ClientSession:
@@ -103,10 +113,13 @@ class Upstream:
         # since a client-chosen id may repeat across concurrent requests.
         return {"content-type": "application/json", "x-request-id": f"{request_id}-{secrets.token_hex(4)}"}
 
-    async def _engines(self, model: str, deadline: float, work: RequestWork) -> AsyncIterator[Engine]:
-        """Yield up to ``max_attempts`` distinct engines (each holding a slot the caller must release)."""
-        tried: set[str] = set()
-        for attempt in range(self._settings.max_attempts):
+    async def _engines(
+        self, model: str, deadline: float, work: RequestWork, tried: set[str] | None = None
+    ) -> AsyncIterator[Engine]:
+        """Yield distinct engines not in ``tried`` (each added to it, and holding a slot the caller must release)
+        until ``max_attempts`` engines have been tried."""
+        tried = set() if tried is None else tried
+        while len(tried) < self._settings.max_attempts:
             try:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
                     engine = await self._pool.acquire(model, frozenset(tried), work)
@@ -116,7 +129,7 @@ class Upstream:
                 if not tried:
                     raise
                 return
-            if attempt:
+            if tried:
                 self._metrics.retries.inc()
             tried.add(engine.url)
             yield engine
@@ -146,6 +159,46 @@ class Upstream:
         log.warning("request %s: engine %s answered %s: %.500r", request_id, engine.name, status, body)
         return None
 
+    @property
+    def pool(self) -> EnginePool:
+        return self._pool
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    def stream_broke(self, leg: Leg | None, exc: BaseException, request_id: str) -> GatewayError:
+        """An engine's stream failed after its first event: count and log it, suspect the engine (unless the
+        deadline passed); the error the client's stream ends with if it cannot go on."""
+        self._metrics.upstream_errors.labels("stream_interrupted").inc()
+        name = leg.engine.name if leg is not None else "-"
+        log.warning("request %s: stream from engine %s broke: %r", request_id, name, exc)
+        if isinstance(exc, TimeoutError):
+            return GatewayTimeout("the request timed out")
+        if leg is not None:
+            self._pool.suspect(leg.engine, "stream interrupted")
+        return UpstreamError("the engine stream was interrupted")
+
+    def stream_event_too_large(self, engine_name: str, request_id: str, exc: EventTooLarge) -> None:
+        self._metrics.upstream_errors.labels("event_too_large").inc()
+        log.warning("request %s: engine %s: %s", request_id, engine_name, exc)
+
+    async def reopen(self, call: Call, text: StreamText, tried: set[str]) -> Leg | None:
+        """Continue a stream on an engine not tried yet, from the text it has sent; None: no engine could."""
+        body = call.body
+        if text.produced or text.text:
+            args = (call.body, text.sent_text(), text.produced)
+            # A body with inline audio is megabytes of JSON: (de)serialise it off the event loop.
+            body = await asyncio.to_thread(resume_body, *args) if len(body) > _INLINE_BODY else resume_body(*args)
+        # The request's deadline bounds the wait for its first byte, long sent: the resumed engine's first event
+        # gets a deadline of its own, as a new request would.
+        call = dataclasses.replace(call, deadline=time.monotonic() + self._settings.request_timeout_s)
+        opened = await self._open(call, body, tried, _Attempts())
+        if isinstance(opened, UpstreamReply):
+            log.warning("request %s: the resumed request was refused: %.500r", call.request_id, opened.body)
+            return None
+        return opened
+
     async def post(
         self, model: str, path: str, body: bytes, deadline: float, request_id: str, work: RequestWork = NO_WORK
     ) -> UpstreamReply:
@@ -166,99 +219,70 @@ class Upstream:
                 self._failed(engine, exc, request_id)
                 continue
             finally:
-                self._pool.release(engine)
+                self._pool.release(engine, work)
             if reply is not None:
                 return reply
         raise attempts.error()
 
     async def stream(
-        self, model: str, path: str, body: bytes, deadline: float, request_id: str, work: RequestWork = NO_WORK
+        self,
+        model: str,
+        path: str,
+        body: bytes,
+        deadline: float,
+        request_id: str,
+        work: RequestWork = NO_WORK,
+        resume: Resume | None = None,
     ) -> UpstreamReply | EngineStream:
-        """Open an SSE stream and wait for its first event; or the engine's client-error answer."""
-        attempts = _Attempts()
-        async for engine in self._engines(model, deadline, work):
+        """Open an SSE stream and wait for its first event; or the engine's client-error answer. ``resume``: how
+        to continue the stream on another engine if its engine fails later (None: it ends with an error event)."""
+        call = Call(model, path, body, deadline, request_id, work)
+        attempts, tried = _Attempts(), set[str]()
+        opened = await self._open(call, body, tried, attempts)
+        if isinstance(opened, UpstreamReply):
+            return opened
+        if opened is None:
+            raise attempts.error()
+        return EngineStream(self, call, opened, tried, resume if self._settings.stream_failover else None)
+
+    async def _open(self, call: Call, body: bytes, tried: set[str], attempts: _Attempts) -> Leg | UpstreamReply | None:
+        """A stream on the next engines not in ``tried`` (added to it) until one sends its first event; a client
+        error to relay; or None when the attempts are spent."""
+        async for engine in self._engines(call.model, call.deadline, call.work, tried):
             resp: aiohttp.ClientResponse | None = None
             handed_over = False
             try:
                 resp = await self._session.post(
-                    engine.url + path, data=body, timeout=self._timeout(deadline), headers=self._headers(request_id)
+                    engine.url + call.path,
+                    data=body,
+                    timeout=self._timeout(call.deadline),
+                    headers=self._headers(call.request_id),
                 )
                 if resp.status != 200:
-                    reply = await self._refused(engine, resp, attempts, request_id)
+                    reply = await self._refused(engine, resp, attempts, call.request_id)
                     if reply is not None:
                         return reply
                     continue
                 events = sse_events(resp.content.iter_any(), self._settings.max_sse_event_bytes)
                 first = await anext(events)
                 handed_over = True
-                return EngineStream(self._pool, self._metrics, engine, resp, first, events, request_id)
+                self._pool.first_token(engine, call.work)
+                return Leg(engine, resp, first, events)
             except TRANSPORT_ERRORS as exc:
                 if _kind(exc) == "timeout":  # each read may wait until the deadline: this is the deadline
                     raise GatewayTimeout("the request timed out") from None
-                self._failed(engine, exc, request_id)
+                self._failed(engine, exc, call.request_id)
             except StopAsyncIteration:
-                self._failed(engine, aiohttp.ServerDisconnectedError("empty stream"), request_id)
+                self._failed(engine, aiohttp.ServerDisconnectedError("empty stream"), call.request_id)
             except EventTooLarge as exc:
                 self._metrics.upstream_errors.labels("event_too_large").inc()
-                log.warning("request %s: engine %s: %s", request_id, engine.name, exc)
+                log.warning("request %s: engine %s: %s", call.request_id, engine.name, exc)
             finally:
                 if not handed_over:  # also on cancellation (client gone): never leak a slot or a connection
                     if resp is not None:
                         resp.close()  # an unfinished answer's connection is closed: vLLM aborts the request
-                    self._pool.release(engine)
-        raise attempts.error()
-
-
-class EngineStream:
-    """The whole SSE events of one engine's stream, after the first. Holds the engine's slot and connection
-    until ``close()``, which whoever relays it must call however the relay ends (``close`` is synchronous so it
-    also runs in a cancelled scope); an unfinished stream's connection is closed, which makes vLLM abort."""
-
-    def __init__(
-        self,
-        pool: EnginePool,
-        metrics: Metrics,
-        engine: Engine,
-        resp: aiohttp.ClientResponse,
-        first: bytes,
-        events: AsyncIterator[bytes],
-        request_id: str,
-    ) -> None:
-        self._pool, self._metrics, self._engine, self._resp = pool, metrics, engine, resp
-        self._first, self._events, self._request_id = first, events, request_id
-        self._complete = False
-        self._closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            yield self._first
-            async for event in self._events:
-                yield event
-            self._complete = True
-        except TRANSPORT_ERRORS as exc:
-            self._metrics.upstream_errors.labels("stream_interrupted").inc()
-            log.warning("request %s: stream from engine %s broke: %r", self._request_id, self._engine.name, exc)
-            if isinstance(exc, TimeoutError):
-                yield sse_error(GatewayTimeout("the request timed out"))
-            else:
-                self._pool.suspect(self._engine, "stream interrupted")
-                yield sse_error(UpstreamError("the engine stream was interrupted"))
-        except EventTooLarge as exc:  # the engine is fine; this answer is not relayable
-            self._metrics.upstream_errors.labels("event_too_large").inc()
-            log.warning("request %s: engine %s: %s", self._request_id, self._engine.name, exc)
-            yield sse_error(UpstreamError("the engine sent a stream event too large to relay"))
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._complete:
-            self._resp.release()  # read to the end: the connection goes back to the pool
-        else:
-            self._resp.close()
-        self._pool.release(self._engine)
+                    self._pool.release(engine, call.work)
+        return None
 
 
 def _content_type(resp: aiohttp.ClientResponse) -> str:
@@ -307,57 +331,3 @@ def openai_error_body(status: int, raw: bytes) -> bytes:
             }
         }
     ).encode()
-
-
-def sse_error(err: GatewayError) -> bytes:
-    return b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-
-
-class EventTooLarge(Exception):
-    """An engine's SSE event (or unterminated tail) exceeds ``max_sse_event_bytes``."""
-
-
-_BLANK_LINES = (b"\n\n", b"\n\r", b"\r\r")
-"""Every blank line (a line terminator followed by another; the terminators are CRLF, LF and CR) holds one of
-these pairs, and each pair is a blank line: searching for them (memchr-fast) finds where events end."""
-_CR, _LF = 0x0D, 0x0A
-
-
-async def sse_events(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncIterator[bytes]:
-    """Regroup raw chunks into runs of whole SSE events, each event ending in ``\\n\\n`` with LF line ends.
-
-    Linear in the bytes read: each pattern's search resumes where it stopped, and bytes move at most once.
-    Memory is bounded: an event, or an unterminated tail, longer than ``max_event_bytes`` raises EventTooLarge.
-    A torn tail at the end raises ClientPayloadError."""
-    buf = bytearray()
-    scan = 0
-    async for chunk in chunks:
-        if not buf and chunk.endswith(b"\n\n") and len(chunk) <= max_event_bytes and b"\r" not in chunk:
-            yield chunk  # the usual case (vLLM: whole LF-framed events per chunk) at the cost of two scans
-            continue
-        buf += chunk
-        found = {pair: buf.find(pair, scan) for pair in _BLANK_LINES}
-        start = 0
-        while hits := [pos for pos in found.values() if pos >= 0]:
-            pos = min(hits)
-            body_end = pos - 1 if buf[pos] == _LF and pos > start and buf[pos - 1] == _CR else pos  # a CRLF
-            end = pos + 3 if buf[pos + 1 : pos + 3] == b"\r\n" else pos + 2
-            if body_end - start > max_event_bytes:
-                raise EventTooLarge(f"an SSE event is larger than {max_event_bytes} bytes")
-            # Leading line ends are blank lines before the event (dispatch nothing), e.g. an LF after a CR.
-            event = bytes(buf[start:body_end]).lstrip(b"\r\n")
-            start = end
-            for pair, at in found.items():
-                if 0 <= at < end:
-                    found[pair] = buf.find(pair, end)
-            if b"\r" in event:
-                event = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if event:
-                yield event + b"\n\n"
-        if start:
-            del buf[:start]
-        if len(buf) > max_event_bytes:
-            raise EventTooLarge(f"an SSE event is larger than {max_event_bytes} bytes (no end in sight)")
-        scan = max(len(buf) - 1, 0)  # a pair may straddle the old end
-    if buf.strip():
-        raise aiohttp.ClientPayloadError("stream ended inside an SSE event")

@@ -48,3 +48,56 @@ def audio_key(samples: np.ndarray) -> bytes:
     digest.update(len(samples).to_bytes(8, "little"))
     digest.update(np.ascontiguousarray(samples[:AFFINITY_HASH_SAMPLES], dtype=np.float32).tobytes())
     return digest.digest()
+
+
+@dataclass
+class EngineWork:
+    """This gateway's outstanding work on one engine, in tokens, and its audio: what ``least-work`` compares.
+
+    A request adds its prefill and its decode estimate at ``add``; its prefill leaves at ``first_token`` (the
+    engine has done it) and the rest at ``remove`` (told whether ``first_token`` came first). Callers that cannot
+    name the request (``work`` None) remove an average request's share; the totals return to zero whenever the
+    engine holds none of this gateway's requests, so an estimate never drifts."""
+
+    default_output_tokens: int
+    """Decode tokens assumed for a request without ``max_tokens``."""
+    prefill: int = 0
+    """Prompt tokens (audio + text) of requests whose first token has not come back."""
+    decode: int = 0
+    """Tokens requests may still decode (their limit: what was generated is not tracked)."""
+    audio_seconds: float = 0.0
+    """Seconds of audio in requests holding a slot."""
+    requests: int = 0
+
+    def output(self, work: RequestWork) -> int:
+        return work.output_tokens if work.output_tokens is not None else self.default_output_tokens
+
+    @property
+    def tokens(self) -> int:
+        return self.prefill + self.decode
+
+    def add(self, work: RequestWork) -> None:
+        self.requests += 1
+        self.prefill += work.prefill_tokens
+        self.decode += self.output(work)
+        self.audio_seconds += work.audio_seconds
+
+    def first_token(self, work: RequestWork) -> None:
+        self.prefill = max(self.prefill - work.prefill_tokens, 0)
+
+    def remove(self, work: RequestWork | None, prefilled: bool = False) -> None:
+        """``prefilled``: ``first_token`` was called for it (its prefill has left already)."""
+        if self.requests <= 1:
+            self.requests, self.prefill, self.decode, self.audio_seconds = 0, 0, 0, 0.0
+            return
+        if work is None:  # an average request's share
+            share = 1 / self.requests
+            self.prefill -= round(self.prefill * share)
+            self.decode -= round(self.decode * share)
+            self.audio_seconds -= self.audio_seconds * share
+        else:
+            if not prefilled:
+                self.prefill = max(self.prefill - work.prefill_tokens, 0)
+            self.decode = max(self.decode - self.output(work), 0)
+            self.audio_seconds = max(self.audio_seconds - work.audio_seconds, 0.0)
+        self.requests -= 1

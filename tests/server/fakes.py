@@ -45,7 +45,8 @@ class FakeEngine:
     ok | status (answer ``status`` with ``error_body`` or an OpenAI-shaped error, plus ``headers``)
     | hang (never answer, not even headers) | hold (non-streamed: answer once ``release()`` is called)
     | break_stream (die after 2 SSE events) | raw (streams: send ``raw_chunks`` verbatim, then end).
-    ``stall_after``: streams (ok and raw) go silent after that many events/chunks until the client leaves.
+    ``stall_after``: streams (ok and raw) go silent after that many events/chunks until the client leaves;
+    ``die_after``: streams (ok and raw) drop the connection after that many events/chunks (an engine killed).
 
     ``/metrics`` reports load as vLLM does: the chat requests in progress, the first ``max_num_seqs`` of them
     ``vllm:num_requests_running`` and the rest ``vllm:num_requests_waiting``, plus ``extra_running`` /
@@ -68,6 +69,7 @@ class FakeEngine:
     stream_events: int = 3
     event_delay_s: float = 0.0
     stall_after: int | None = None
+    die_after: int | None = None
     raw_chunks: list[bytes] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
     aborts: list[str] = field(default_factory=list)
@@ -180,12 +182,19 @@ class FakeEngine:
     async def _raw(self) -> AsyncIterator[bytes]:
         for i, chunk in enumerate(self.raw_chunks):
             await self._stall(i)
+            self._die(i)
             yield chunk
+            await asyncio.sleep(self.event_delay_s)
         await self._stall(len(self.raw_chunks))
+
+    def _die(self, sent: int) -> None:
+        if self.die_after is not None and sent >= self.die_after:
+            raise RuntimeError("engine killed mid-stream")
 
     async def _events(self) -> AsyncIterator[bytes]:
         for i in range(self.stream_events):
             await self._stall(i)
+            self._die(i)
             if self.mode == "break_stream" and i == 2:
                 raise RuntimeError("engine died mid-stream")
             chunk = {

@@ -1,7 +1,8 @@
 """Two real engine replicas behind one gateway; one is killed (SIGKILL, whole process tree) under load.
 
 Non-streamed requests see 0 failures (in-flight ones are retried on the survivor: nothing had reached the
-client yet), a stream that had started on the dead engine ends with an SSE error event, and new requests succeed.
+client yet), a stream that had started on the dead engine ends with an SSE error event when stream failover is
+off, and new requests succeed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ def running(url: str) -> float:
 
 
 def test_replica_killed_under_load(engine_server, doomed_engine) -> None:
-    settings = load_settings(engine_urls=[engine_server.url, doomed_engine.url], health_interval_s=0.5)
+    # Stream failover off: this test is of the error event (test_failover_engine.py resumes streams); least-request:
+    # the same clip would send both streams to one engine under affinity.
+    settings = load_settings(
+        engine_urls=[engine_server.url, doomed_engine.url],
+        health_interval_s=0.5,
+        stream_failover=False,
+        routing="least-request",
+    )
     model = engine_server.model
     with serve(create_app(settings)) as gw:
         sdk = openai.OpenAI(base_url=gw + "/v1", api_key="x", max_retries=0, timeout=120)

@@ -122,7 +122,8 @@ def test_engine_4xx_is_relayed_in_openai_shape(
 ) -> None:
     fake, url = start_fake(mode="status", status=status, error_body=body)
     other, other_url = start_fake()
-    resp = call(start_gateway([url, other_url]), route.removesuffix("_stream"), stream=route == "chat_stream")
+    gw = start_gateway([url, other_url], routing="least-request")  # the first engine first, audio or not
+    resp = call(gw, route.removesuffix("_stream"), stream=route == "chat_stream")
     assert resp.status_code == status and resp.headers["content-type"] == "application/json"
     assert resp.json() == expected
     assert len(fake.bodies) == 1 and other.bodies == []  # a client error is not retried
