@@ -110,6 +110,6 @@ def test_engines_fetch_no_url_whatever_the_gateway_fetches(clean_env, gateway_ur
     launch = engine_launch(EngineSettings(model_path="/m"), cpu=True)
     argv = list(launch.argv)
     start = argv.index("--allowed-media-domains") + 1
-    assert argv[start : start + 2] == [NO_URL_FETCHING, "--dtype"]
+    assert argv[start] == NO_URL_FETCHING and argv[start + 1].startswith("--")  # one value: no domain added
     assert argv.count("--allowed-media-domains") == 1 and "localhost" not in argv
     assert launch.env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"

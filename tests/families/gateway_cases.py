@@ -40,7 +40,10 @@ def test_gateway_chat_non_stream(gateway_client: openai.OpenAI, client: openai.O
     assert via.choices[0].token_ids == reference[0]["tokens"]
     direct = chat(client, family_server.model, messages)
     assert via.choices[0].message.content == direct.choices[0].message.content
-    assert via.usage == direct.usage
+    assert via.usage is not None and direct.usage is not None
+    # The gateway adds one extension field (usage.audio_seconds); the rest is the engine's.
+    assert via.usage.model_dump(exclude={"audio_seconds"}) == direct.usage.model_dump()
+    assert via.usage.model_extra == {"audio_seconds": pytest.approx(len(CLIP_A) / 16_000, abs=1e-3)}
 
 
 def test_gateway_chat_stream(gateway_client: openai.OpenAI, client: openai.OpenAI,
