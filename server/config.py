@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     engine_load_metrics: bool = True
     """Every health round, read ``vllm:num_requests_running`` and ``vllm:num_requests_waiting`` from each
     engine's ``/metrics``: routing and admission then count every gateway's requests, not only this one's."""
+    engine_load_smoothing: float = Field(0.2, gt=0, le=1)
+    """Weight of each report's other-gateway requests against the earlier reports' (server/engine_load.py):
+    lower damps herding between gateways, 1 reacts to each report in full."""
     engine_metrics_max_bytes: int = Field(4 * MiB, ge=4096)
     """Most of an engine's ``/metrics`` answer read per round (reading stops once both series are in hand)."""
 

@@ -168,7 +168,11 @@ class EnginePool:
             log.debug("engine %s: neither /load nor vllm:num_requests_running/_waiting in /metrics", engine.name)
             return
         running, waiting = counts or (0, 0)
-        engine.load.report = Report(running, waiting, at=now, sent=sent, done=done, in_server=in_server)
+        engine.load.observe(
+            Report(running, waiting, at=now, sent=sent, done=done, in_server=in_server),
+            self._settings.engine_load_smoothing,
+            self._max_report_age(),
+        )
         self._metrics.engine_reported(engine.name, running, waiting)
         self._publish_load(engine)
         self._notify()  # it may have room now
@@ -198,8 +202,10 @@ class EnginePool:
 
     def load(self, engine: Engine) -> int:
         """Requests ``engine`` holds, every gateway's (a report older than two health rounds is ignored)."""
-        max_age = 2 * self._settings.health_interval_s + self._settings.health_timeout_s
-        return engine.load.estimate(time.monotonic(), max_age)
+        return engine.load.estimate(time.monotonic(), self._max_report_age())
+
+    def _max_report_age(self) -> float:
+        return 2 * self._settings.health_interval_s + self._settings.health_timeout_s
 
     def work_of(self, engine: Engine, load: int | None = None) -> float:
         """Tokens of work ``engine`` holds: this gateway's requests' (exact) plus the others its load counts
@@ -271,7 +277,7 @@ class EnginePool:
             )
         engine.healthy = healthy
         if not healthy:
-            engine.load.report = None  # whatever it said is void; re-admitted, it reports afresh
+            engine.load.forget()
             self._metrics.engine_reported(engine.name, 0, 0)
             self._publish_load(engine)
         self._metrics.engine_healthy.labels(engine.name).set(1 if healthy else 0)

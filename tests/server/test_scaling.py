@@ -98,7 +98,7 @@ def test_estimate_corrects_the_report_by_own_traffic_since() -> None:
     for _ in range(3):
         load.start()
     assert load.estimate(0.0, 5.0) == 3  # no report: own outstanding
-    load.report = Report(running=10, waiting=2, at=0.0, sent=load.sent, done=load.done)  # includes our 3
+    load.observe(Report(running=10, waiting=2, at=0.0, sent=load.sent, done=load.done), 1.0, 5.0)  # incl. our 3
     assert load.estimate(1.0, 5.0) == 12
     load.start()
     load.start()
@@ -107,18 +107,32 @@ def test_estimate_corrects_the_report_by_own_traffic_since() -> None:
     assert load.estimate(5.1, 5.0) == 4  # the report is stale: own outstanding only
     for _ in range(4):
         load.finish()
-    load.report = Report(running=0, waiting=0, at=6.0, sent=load.sent, done=load.done)
+    load.observe(Report(running=0, waiting=0, at=6.0, sent=load.sent, done=load.done), 0.2, 5.0)
     load.start()
-    assert load.estimate(6.0, 5.0) == 1
+    assert load.estimate(6.0, 5.0) == 1  # after a stale report the past is forgotten, whatever the smoothing
+
+
+def test_other_gateways_requests_are_smoothed_over_reports() -> None:
+    """A snapshot of other gateways' requests moves the estimate by its weight only: transients fade, a lasting
+    imbalance counts in full after a few reports."""
+    load = EngineLoad()
+    load.observe(Report(running=0, waiting=0, at=0.0, sent=0, done=0), 0.5, 5.0)
+    load.observe(Report(running=8, waiting=0, at=1.0, sent=0, done=0), 0.5, 5.0)
+    assert load.estimate(1.0, 5.0) == 4
+    for at in (2.0, 3.0, 4.0, 5.0):
+        load.observe(Report(running=8, waiting=0, at=at, sent=0, done=0), 0.5, 5.0)
+    assert load.estimate(5.0, 5.0) == 7  # 7.75
+    load.forget()
+    assert load.estimate(5.0, 5.0) == 0
 
 
 def test_estimate_never_counts_fewer_than_own_outstanding() -> None:
     load = EngineLoad()
-    load.report = Report(running=0, waiting=0, at=0.0, sent=0, done=0)  # asked before ours arrived
+    load.observe(Report(running=0, waiting=0, at=0.0, sent=0, done=0), 1.0, 5.0)  # asked before ours arrived
     for _ in range(5):
         load.start()
     assert load.estimate(0.0, 5.0) == 5
-    load.report = Report(running=1, waiting=0, at=0.0, sent=5, done=0)  # a stale-ish engine count
+    load.observe(Report(running=1, waiting=0, at=0.0, sent=5, done=0), 1.0, 5.0)  # a stale-ish engine count
     assert load.estimate(0.0, 5.0) == 5
 
 
@@ -169,7 +183,8 @@ async def test_requests_in_the_api_server_count_through_load(start_fake, session
     """Requests still in vLLM's pre-/post-processing are in ``/load`` but not in the scheduler's gauges."""
     busy, busy_url = start_fake(model="m", extra_running=1, extra_in_server=5)
     _, idle_url = start_fake(model="m", extra_running=2)
-    pool = EnginePool(load_settings(engine_urls=[busy_url, idle_url]), session, Metrics())
+    settings = load_settings(engine_urls=[busy_url, idle_url], engine_load_smoothing=1.0)  # each report in full
+    pool = EnginePool(settings, session, Metrics())
     await pool.check_all()
     engine = pool.engines[busy_url]
     assert engine.server_load is True and pool.load(engine) == 6 and pool.load(pool.engines[idle_url]) == 2
