@@ -1,4 +1,4 @@
-"""The engine pool: discovery, active health checks, ejection/re-admission and least-loaded choice.
+"""The engine pool: discovery, active health checks, ejection/re-admission and the routing policy's choice.
 
 A failed request ejects its engine only when another healthy engine serves each of its models; a model's last
 engine is *suspect* instead: it stays in rotation and is probed at once, and only a failed probe ejects it. So
@@ -6,13 +6,12 @@ one broken stream never turns every request into a 503 until the next health rou
 
 Engines are grouped by the models they serve (each engine's ``/v1/models``). ``acquire()`` hands out a slot on
 the healthy engine serving the model that the routing policy (server/policies.py, ``ALM_ROUTING``) chooses among
-those with room, from each engine's load in requests (server/engine_load.py: the engine's own report, which
-counts every gateway's, corrected by this gateway's traffic since) and in work (server/work.py: tokens of this
-gateway's requests on it, other gateways' valued at an average request's). An engine
-is given up to its capacity: its batch (``max_num_seqs``) plus a short queue inside vLLM, where waiting requests
-join the batch as soon as a sequence ends and where ``vllm:num_requests_waiting`` (the HPA's metric) counts them.
-When every engine is at capacity the caller waits in the gateway's bounded queue (bursts), and a full queue is a
-429.
+those with room, from each engine's load in requests (server/engine_load.py: this gateway's own requests now
+plus other gateways' as the engine reports them, smoothed over reports) and in work (server/work.py: tokens of
+this gateway's requests on it, other gateways' valued at an average request's). An engine is given up to its
+capacity: its batch (``max_num_seqs``) plus a short queue inside vLLM, where waiting requests join the batch as
+soon as a sequence ends and where ``vllm:num_requests_waiting`` (the HPA's metric) counts them. When every
+engine is at capacity the caller waits in the gateway's bounded queue (bursts), and a full queue is a 429.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Start and stop a real vLLM OpenAI server (with our plugin) for tests, launched by the engine contract."""
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from alm.engine import EngineSettings, engine_launch
 from alm.processes import free_port, stop_process, wait_ok
@@ -66,3 +69,15 @@ def start_engine(
         raise RuntimeError(f"engine exited with {proc.returncode}:\n{engine.log()[-4000:]}")
     engine.stop()
     raise RuntimeError(f"engine not healthy after {ENGINE_START_TIMEOUT_S} s:\n{engine.log()[-4000:]}")
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL an engine and every process it started (its API server and engine core): a crash, not a stop."""
+    try:
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(family, timeout=30)

@@ -19,7 +19,6 @@ with the original prompt + the first k generated tokens (does re-tokenising the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import tempfile
@@ -29,26 +28,13 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 
 from bench.routing.common import clip_part, gateway
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
 from server.resume import resume_body
-from tests.engine import EngineProcess, start_engine
+from tests.engine import EngineProcess, kill_tree, start_engine
 
 MODEL = "tiny-midashenglm"
-
-
-def kill_tree(proc) -> None:
-    """SIGKILL an engine and every process it started (its API server and engine core)."""
-    try:
-        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(family, timeout=30)
 
 
 def _engine(checkpoint: Path, work: Path, i: int) -> EngineProcess:

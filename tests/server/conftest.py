@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
@@ -10,6 +11,7 @@ from fakes import FakeEngine, serve
 
 from server.app import create_app
 from server.config import load_settings
+from tests.engine import EngineProcess, kill_tree, start_engine
 
 
 @pytest.fixture
@@ -39,3 +41,13 @@ def start_gateway(stack: ExitStack) -> Callable[..., str]:
         return stack.enter_context(serve(create_app(settings)))
 
     return start
+
+
+@pytest.fixture(scope="module")
+def doomed_engine(tiny_checkpoint, tmp_path_factory) -> Iterator[EngineProcess]:
+    """A second real engine per module, for tests that kill it (on the last core: vLLM binds the session engine
+    to the first)."""
+    last_core = str(max(os.sched_getaffinity(0)))
+    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log", cpu_bind=last_core)
+    yield engine
+    kill_tree(engine.proc)

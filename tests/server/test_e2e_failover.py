@@ -7,43 +7,20 @@ off, and new requests succeed.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
-import psutil
 import pytest
 from audio_synth import audio_part, chat_body
 from fakes import serve
 
 from server.app import create_app
 from server.config import load_settings
-from tests.engine import EngineProcess, start_engine
+from tests.engine import kill_tree
 
 LONG = dict(max_tokens=7000, extra_body={"ignore_eos": True})
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    try:
-        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(family, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def doomed_engine(tiny_checkpoint, tmp_path_factory) -> EngineProcess:
-    last_core = str(max(os.sched_getaffinity(0)))  # vLLM binds the session engine to the first core
-    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log", cpu_bind=last_core)
-    yield engine
-    kill_tree(engine.proc)
 
 
 def running(url: str) -> float:

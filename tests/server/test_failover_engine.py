@@ -10,30 +10,19 @@ prefix, and the token count is the request's.
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import openai
-import pytest
 from audio_synth import audio_part, chat_body
 from fakes import serve
-from test_e2e_failover import kill_tree, running
+from test_e2e_failover import running
 from waiting import wait_until
 
 from server.app import create_app
 from server.config import load_settings
-from tests.engine import EngineProcess, start_engine
+from tests.engine import kill_tree
 
 TOKENS = 300
 GREEDY = dict(max_tokens=TOKENS, temperature=0, extra_body={"ignore_eos": True})
-
-
-@pytest.fixture(scope="module")
-def doomed_engine(tiny_checkpoint, tmp_path_factory) -> EngineProcess:
-    last_core = str(max(os.sched_getaffinity(0)))  # vLLM binds the session engine to the first core
-    engine = start_engine(tiny_checkpoint, tmp_path_factory.mktemp("engine-doomed") / "engine.log", cpu_bind=last_core)
-    yield engine
-    kill_tree(engine.proc)
 
 
 def test_a_stream_survives_its_engine_being_killed(engine_server, doomed_engine) -> None:
