@@ -9,11 +9,13 @@ those): they count the requests of *every* gateway in front of it.
 
 where a report's other gateways' requests are the engine's count less this gateway's own outstanding when it
 was asked. Reports come every health round while requests change many times a second, so reacting in full to
-each snapshot makes gateways herd: each sends all its requests to the engine that looked idle. In the container
-stack two identical gateways split 96 requests of ~1 s between two engines 34/62, 56/40 and 54/42 when each
-report counted in full, and 48/48, 96/96, 48/48, 96/96 with smoothing 0.2 (``Settings.engine_load_smoothing``):
-a lasting imbalance (another gateway's or client's traffic on one engine) still counts, transients fade. One
-gateway alone routes exactly as by its own counts.
+each snapshot makes gateways herd (each sends its next requests to the engine that looked idle); smoothing over
+reports (``Settings.engine_load_smoothing``, 0.2) damps that: a lasting imbalance (another gateway's or client's
+traffic on one engine) still counts, transients fade. One gateway alone routes exactly as by its own counts.
+
+``request_seconds`` integrates this gateway's requests in flight over time: summed over gateways, its rate is
+each engine's mean number in flight. (Neither it nor served counts are even when the engines' speeds differ: a
+slow replica holds each request longer and serves fewer.)
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class EngineLoad:
     report: Report | None = None
     others: float = 0.0
     """Other gateways' requests on the engine, smoothed over reports."""
+    request_seconds: float = 0.0
+    """Seconds this gateway's requests have held a slot on the engine, summed: the integral of ``outstanding``
+    over time (its rate is the mean number in flight, whatever the engine's speed)."""
+    changed_at: float = 0.0
+    """``time.monotonic()`` of the last ``start``/``finish``."""
 
     def observe(self, report: Report, smoothing: float, max_age_s: float) -> None:
         """Take a report: ``smoothing`` (0–1] is the weight of its other gateways' requests against the past
@@ -75,13 +82,24 @@ class EngineLoad:
         self.report = None
         self.others = 0.0
 
-    def start(self) -> None:
+    def start(self, now: float) -> float:
+        """One more of this gateway's requests; returns the request-seconds added to ``request_seconds``."""
+        elapsed = self._elapse(now)
         self.outstanding += 1
         self.sent += 1
+        return elapsed
 
-    def finish(self) -> None:
+    def finish(self, now: float) -> float:
+        elapsed = self._elapse(now)
         self.outstanding -= 1
         self.done += 1
+        return elapsed
+
+    def _elapse(self, now: float) -> float:
+        added = self.outstanding * max(now - self.changed_at, 0.0)
+        self.request_seconds += added
+        self.changed_at = now
+        return added
 
     def estimate(self, now: float, max_age_s: float) -> int:
         """Requests the engine holds; a report older than ``max_age_s`` is ignored (own counts only)."""

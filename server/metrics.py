@@ -66,6 +66,14 @@ class Metrics:
         self.engine_in_flight = Gauge(
             p + "engine_in_flight_requests", "This gateway's requests in flight per engine.", ["engine"], registry=r
         )
+        self.engine_request_seconds = Counter(
+            p + "engine_request_seconds",
+            "Seconds this gateway's requests held a slot on each engine, summed (the integral of "
+            "engine_in_flight_requests): its rate is the mean number in flight (summed over gateways: the "
+            "engine's).",
+            ["engine"],
+            registry=r,
+        )
         self.engine_running = Gauge(
             p + "engine_running_requests",
             "Requests in the engine's batch, all gateways', as the engine last reported "
@@ -189,9 +197,10 @@ class Metrics:
         ):
             family.labels(model)
 
-    def _engine_gauges(self) -> tuple[Gauge, ...]:
+    def _engine_series(self) -> tuple[Gauge | Counter, ...]:
         return (
             self.engine_in_flight,
+            self.engine_request_seconds,
             self.engine_running,
             self.engine_waiting,
             self.engine_load,
@@ -202,8 +211,8 @@ class Metrics:
 
     def add_engine(self, name: str) -> None:
         """Create an engine's series at 0 (called when the pool learns of an engine)."""
-        for gauge in self._engine_gauges():
-            gauge.labels(name).set(0)
+        for family in self._engine_series():
+            family.labels(name)
 
     def engine_reported(self, name: str, running: int, waiting: int) -> None:
         self.engine_running.labels(name).set(running)
@@ -211,6 +220,6 @@ class Metrics:
 
     def remove_engine(self, name: str) -> None:
         """Drop an engine's series (called when DNS no longer lists it)."""
-        for gauge in self._engine_gauges():
+        for family in self._engine_series():
             with contextlib.suppress(KeyError):  # never set for this engine
-                gauge.remove(name)
+                family.remove(name)

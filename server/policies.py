@@ -5,7 +5,8 @@ load in requests and in work (tokens, server/work.py), and whether it has a free
 index of a free one. Policies are pure functions of that snapshot and the request's ``RequestWork``, so tests
 drive them without engines.
 
-- ``least-request``: fewest requests, ties by fewest picks (round robin among equals).
+- ``least-request``: fewest requests, ties to the least recently picked (round robin among equals; a count of
+  picks instead would send every tie to a replica that served fewer because it was slower).
 - ``least-work``: least work (prefill tokens not yet done + decode tokens outstanding), so a 60 s clip (300
   MiDashengLM tokens and a full encoder pass) weighs what it costs, not the same as a 2 s one.
 - ``affinity``: the engine that rendezvous (highest-random-weight) hashing of the request's audio key ranks
@@ -40,7 +41,8 @@ class Candidate:
     """Requests it holds, every gateway's (server/engine_load.py)."""
     work: float
     """Tokens of work it holds (server/work.py ``EngineWork.tokens``, other gateways' requests included)."""
-    picks: int = 0
+    last_pick: int = 0
+    """When the pool last picked it, in picks (0: never): ties go to the least recently picked."""
     free: bool = True
     """Below its capacity: only free candidates may be chosen."""
 
@@ -84,8 +86,8 @@ def request_tokens(work: RequestWork, default_output_tokens: int = 0) -> float:
 def _least(candidates: Sequence[Candidate], key: str) -> int:
     free = [i for i, c in enumerate(candidates) if c.free]
     if key == "work":
-        return min(free, key=lambda i: (candidates[i].work, candidates[i].requests, candidates[i].picks))
-    return min(free, key=lambda i: (candidates[i].requests, candidates[i].picks))
+        return min(free, key=lambda i: (candidates[i].work, candidates[i].requests, candidates[i].last_pick))
+    return min(free, key=lambda i: (candidates[i].requests, candidates[i].last_pick))
 
 
 class LeastRequest:

@@ -47,7 +47,8 @@ class Engine:
     """Requests it is given at once: its batch plus the queue inside it (``Settings.engine_capacity``)."""
     load: EngineLoad = field(default_factory=EngineLoad)
     failures: int = 0
-    picks: int = 0
+    last_pick: int = 0
+    """The pool's pick count when it last picked this engine (routing ties go to the least recently picked)."""
     server_load: bool | None = None
     """Whether it answers ``/load`` (None: not asked yet)."""
     work: EngineWork = field(default_factory=lambda: EngineWork(0))
@@ -74,6 +75,7 @@ class EnginePool:
         self._mean_work = float(settings.routing_output_tokens)
         """Tokens of an average request (moving average of those acquired): what another gateway's request on an
         engine is counted as."""
+        self._picks = 0
         if not settings.engine_dns_expand:
             for url in settings.engine_urls:
                 self._add(url)
@@ -337,16 +339,17 @@ class EnginePool:
 
     def _take(self, candidates: list[Engine], loads: list[int], work: RequestWork, retry: bool) -> Engine:
         views = [
-            Candidate(e.url, load, self.work_of(e, load), e.picks, free=load < e.capacity)
+            Candidate(e.url, load, self.work_of(e, load), e.last_pick, free=load < e.capacity)
             for e, load in zip(candidates, loads, strict=True)
         ]
         choice = self._policy.choose(views, work)
         if choice.affinity is not None and not retry:  # a retry's choice excludes engines already tried
             self._metrics.affinity.labels(choice.affinity).inc()
         engine = candidates[choice.index]
-        engine.load.start()
+        self._metrics.engine_request_seconds.labels(engine.name).inc(engine.load.start(time.monotonic()))
         engine.work.add(work)
-        engine.picks += 1
+        self._picks += 1
+        engine.last_pick = self._picks
         if work is not NO_WORK:
             self._mean_work += 0.05 * (request_tokens(work, self._settings.routing_output_tokens) - self._mean_work)
         self._publish_load(engine)
@@ -361,7 +364,7 @@ class EnginePool:
     def release(self, engine: Engine, work: RequestWork | None = None, prefilled: bool = False) -> None:
         """Give back a request's slot; ``work``: the request's (as given to ``acquire``; None: an average
         request's share is removed), ``prefilled``: ``first_token`` was called for it."""
-        engine.load.finish()
+        self._metrics.engine_request_seconds.labels(engine.name).inc(engine.load.finish(time.monotonic()))
         engine.work.remove(work, prefilled)
         self._publish_load(engine)
         self._notify()

@@ -92,16 +92,14 @@ def test_bad_audio_is_a_400_through_the_container(stack: Stack):
     assert response.json()["error"]["param"] == "messages[0].content[0].input_audio.data"
 
 
-def test_two_gateways_balance_the_same_engines(stack: Stack):
+def test_two_gateways_spread_requests_over_the_same_engines(stack: Stack):
     stack.up(engines=2, gateways=2)
     gateways = stack.gateway_urls()
     assert len(gateways) == 2
     for url in gateways:
         wait_for(lambda url=url: stack.healthy_engines(url) == 2, 60, f"gateway {url} to see 2 engines")
     before = engine_counts(stack)
-    # 4 clients per gateway at once: each gateway alone would balance its own share; together they must too.
-    # Enough requests to span several health rounds (1 s), where each gateway learns the other's load: over
-    # fewer, a difference of a few requests is already 20 %.
+    # 4 clients per gateway at once, over several health rounds (1 s) where each gateway learns the other's load.
     total = 192
     targets = [gateways[i % 2] for i in range(total)]
     with ThreadPoolExecutor(8) as pool:
@@ -109,8 +107,10 @@ def test_two_gateways_balance_the_same_engines(stack: Stack):
     assert len(replies) == total
     served = {name: count - before[name] for name, count in engine_counts(stack).items()}
     assert sum(served.values()) == total, served
-    low, high = min(served.values()), max(served.values())
-    assert high <= 1.2 * low, f"per-engine requests differ by more than 20 %: {served}"
+    # Not an even split: least-request sends fewer to a slower replica, and on 2 shared cores the OS makes one
+    # replica up to 7x slower than the other at times (served 126/66 in a CI run, 132/252 of 384 in a probe of
+    # this stack). Both gateways must still use both engines.
+    assert min(served.values()) >= total / 6, f"an engine was all but left out: {served}"
 
 
 def test_prometheus_scrapes_every_target(stack: Stack):

@@ -100,6 +100,26 @@ def test_requests_without_audio_use_the_fallback() -> None:
 # ---------------------------------------------------------------- through the pool
 
 
+async def test_ties_go_round_robin_not_to_the_engine_that_served_fewer() -> None:
+    """A slow replica served fewer requests (each held its slot longer); once both are idle again, ties must
+    alternate, not all go to it until the counts even out (least-request keeps requests in flight even; how
+    many each serves follows its speed)."""
+    pool = make_pool(["http://a:1", "http://b:1"])
+    a, b = pool.engines.values()
+    first = await pool.acquire("m")  # a: held for a long time (slow)
+    assert first is a
+    for _ in range(5):  # b serves five while a works on one
+        assert (await pool.acquire("m")) is b
+        pool.release(b)
+    pool.release(a)
+    picked = []
+    for _ in range(4):
+        engine = await pool.acquire("m")
+        picked.append(engine.url)
+        pool.release(engine)
+    assert picked == ["http://a:1", "http://b:1", "http://a:1", "http://b:1"]
+
+
 async def test_pool_least_work_sends_short_clips_away_from_the_long_one() -> None:
     pool = make_pool(["http://a:1", "http://b:1"], routing="least-work")
     long = await pool.acquire("m", work=clip(120))

@@ -96,19 +96,19 @@ async def test_report_reading_is_bounded() -> None:
 def test_estimate_corrects_the_report_by_own_traffic_since() -> None:
     load = EngineLoad()
     for _ in range(3):
-        load.start()
+        load.start(0.0)
     assert load.estimate(0.0, 5.0) == 3  # no report: own outstanding
     load.observe(Report(running=10, waiting=2, at=0.0, sent=load.sent, done=load.done), 1.0, 5.0)  # incl. our 3
     assert load.estimate(1.0, 5.0) == 12
-    load.start()
-    load.start()
-    load.finish()
+    load.start(0.0)
+    load.start(0.0)
+    load.finish(0.0)
     assert load.estimate(1.0, 5.0) == 13  # +2 sent, −1 finished since the report
     assert load.estimate(5.1, 5.0) == 4  # the report is stale: own outstanding only
     for _ in range(4):
-        load.finish()
+        load.finish(0.0)
     load.observe(Report(running=0, waiting=0, at=6.0, sent=load.sent, done=load.done), 0.2, 5.0)
-    load.start()
+    load.start(0.0)
     assert load.estimate(6.0, 5.0) == 1  # after a stale report the past is forgotten, whatever the smoothing
 
 
@@ -126,11 +126,22 @@ def test_other_gateways_requests_are_smoothed_over_reports() -> None:
     assert load.estimate(5.0, 5.0) == 0
 
 
+def test_request_seconds_integrate_outstanding_over_time() -> None:
+    """Little's law from the gateway's side: request-seconds over a span are its mean requests in flight."""
+    load = EngineLoad()
+    assert load.start(10.0) == 0.0  # nothing was in flight before
+    assert load.start(11.0) == 1.0  # one request for 1 s
+    assert load.finish(13.0) == 4.0  # two for 2 s
+    assert load.finish(14.0) == 1.0
+    assert load.start(20.0) == 0.0  # idle in between
+    assert load.request_seconds == 6.0
+
+
 def test_estimate_never_counts_fewer_than_own_outstanding() -> None:
     load = EngineLoad()
     load.observe(Report(running=0, waiting=0, at=0.0, sent=0, done=0), 1.0, 5.0)  # asked before ours arrived
     for _ in range(5):
-        load.start()
+        load.start(0.0)
     assert load.estimate(0.0, 5.0) == 5
     load.observe(Report(running=1, waiting=0, at=0.0, sent=5, done=0), 1.0, 5.0)  # a stale-ish engine count
     assert load.estimate(0.0, 5.0) == 5

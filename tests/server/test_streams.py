@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -61,6 +62,7 @@ def test_client_leaving_while_queued_never_reaches_the_engine(start_fake, start_
     gw = start_gateway([url], max_inflight_per_engine=1, request_timeout_s=120)
     holder = open_request(gw, chat_body(M))  # holds the engine's only slot
     wait_until(lambda: len(fake.bodies) == 1)
+    held_from = time.monotonic()
     queued = open_request(gw, chat_body(M, stream=stream))
     wait_until(lambda: metric(gw, "alm_gateway_queue_depth") == 1)
     queued.close()
@@ -68,8 +70,11 @@ def test_client_leaving_while_queued_never_reaches_the_engine(start_fake, start_
     wait_until(lambda: metric(gw, "alm_gateway_queue_depth") == 0)
     assert in_flight(gw, url) == 1
     holder.close()
+    held_s = time.monotonic() - held_from
     wait_until(lambda: fake.aborts == ["before_headers"])
     wait_until(lambda: in_flight(gw, url) == 0)
+    # The slot's seconds are counted (only the holder held one: the queued request never got a slot).
+    assert metric(gw, f'alm_gateway_engine_request_seconds_total{{engine="{url[7:]}"}}') >= held_s
     fake.mode = "ok"
     assert httpx.post(gw + "/v1/chat/completions", json=chat_body(M)).status_code == 200
     assert len(fake.bodies) == 2  # the holder and the last request; the queued one never reached the engine
