@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.sequence import IntermediateTensors
+
+from model_plugins.decoder_plumbing import DecoderPlumbing
 
 from .config import MiDashengLMConfig
 from .cudagraph import DashengEncoderCudaGraph
@@ -46,7 +47,7 @@ logger = init_logger(f"vllm.plugins.{__name__}")
     info=MiDashengLMProcessingInfo,
     dummy_inputs=MiDashengLMDummyInputsBuilder,
 )
-class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP, DashengEncoderCudaGraph):
+class MiDashengLM(DecoderPlumbing, nn.Module, SupportsMultiModal, SupportsPP, DashengEncoderCudaGraph):
     hf_to_vllm_mapper = PUBLISHED_WEIGHTS
     supports_encoder_tp_data = True  # --mm-encoder-tp-mode data: data_parallel.py
     # The decoder's fused layers, so quantization configs find their shards.
@@ -143,29 +144,6 @@ class MiDashengLM(nn.Module, SupportsMultiModal, SupportsPP, DashengEncoderCudaG
         tokens = self.audio_tokens(waveforms)
         frames = self.encoder.encode(waveforms, keep=[n * self.projector.factor for n in tokens])
         return list(self.projector(frames).split(tokens))
-
-    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        # The "waveform" field of _get_mm_fields_config: vLLM stacks equal-length clips into one
-        # (clips, samples) tensor and lists the others; kwargs are typed as object.
-        waveforms = cast("torch.Tensor | list[torch.Tensor] | None", kwargs.get("waveform"))
-        if waveforms is None:
-            return []
-        return self.embed_audio(list(waveforms))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: IntermediateTensors | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor | IntermediateTensors:
-        if intermediate_tensors is not None:
-            inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Published names via PUBLISHED_WEIGHTS; any missing or unexpected tensor is an error

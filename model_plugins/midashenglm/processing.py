@@ -27,6 +27,8 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
+from model_plugins.clips import checked_samples
+
 from .config import DashengEncoderConfig, MiDashengLMConfig
 
 AUDIO_TOKEN = "<|AUDIO|>"
@@ -123,16 +125,7 @@ class MiDashengLMMultiModalProcessor(BaseMultiModalProcessor[MiDashengLMProcessi
         longest, shortest = self.info.max_audio_samples(), self.info.min_audio_samples()
         waveforms = []
         for index, clip in enumerate(clips):
-            samples = np.asarray(clip, dtype=np.float32).reshape(-1)
-            if samples.size == 0:
-                raise ValueError(f"audio clip {index} has no samples")
-            if samples.size > longest:
-                raise ValueError(
-                    f"audio clip {index} is {samples.size / sample_rate:.2f} s long; this engine "
-                    f"serves clips up to {longest / sample_rate:.0f} s (max_audio_seconds)"
-                )
-            if not np.isfinite(samples).all():
-                raise ValueError(f"audio clip {index} contains NaN or infinite samples")
+            samples = checked_samples(clip, index, longest, sample_rate)
             if samples.size < shortest:
                 samples = np.pad(samples, (0, shortest - samples.size))
             waveforms.append(torch.from_numpy(samples))

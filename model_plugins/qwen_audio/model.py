@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.sequence import IntermediateTensors
+
+from model_plugins.decoder_plumbing import DecoderPlumbing
 
 from .audio_weights import OPTIONAL, published_shapes
 from .config import QWenAudioConfig
@@ -56,7 +57,7 @@ def split_pieces(waveforms: list[torch.Tensor]) -> tuple[list[torch.Tensor], lis
     info=QWenAudioProcessingInfo,
     dummy_inputs=QWenAudioDummyInputsBuilder,
 )
-class QWenAudioForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
+class QWenAudioForConditionalGeneration(DecoderPlumbing, nn.Module, SupportsMultiModal, SupportsPP):
     packed_modules_mapping: ClassVar[dict[str, list[str]]] = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
@@ -110,27 +111,6 @@ class QWenAudioForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
                 raise RuntimeError(f"audio tower gave {joined.shape[0]} embeddings for a span of {expected}")
             out.append(joined)
         return out
-
-    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        waveforms = cast("torch.Tensor | list[torch.Tensor] | None", kwargs.get("waveform"))
-        if waveforms is None:
-            return []
-        return self.embed_audio(list(waveforms))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: IntermediateTensors | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor | IntermediateTensors:
-        if intermediate_tensors is not None:
-            inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
 
     def expected_tensors(self) -> set[str]:
         """Every published tensor name this config needs (decoder table + the audio tower's table, less the fixed

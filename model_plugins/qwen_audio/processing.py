@@ -27,6 +27,8 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
+from model_plugins.clips import checked_samples
+
 from .config import QWenAudioConfig
 from .spans import PIECE_SAMPLES, SAMPLE_RATE, clip_spans, clip_tokens, span_tokens
 from .tokenizer import AUDIO_END, AUDIO_PAD, AUDIO_START, PAD_OFFSET
@@ -106,17 +108,7 @@ class QWenAudioMultiModalProcessor(BaseMultiModalProcessor[QWenAudioProcessingIn
         longest = self.info.max_audio_samples()
         waveforms = []
         for index, clip in enumerate(clips):
-            samples = np.asarray(clip, dtype=np.float32).reshape(-1)
-            if samples.size == 0:
-                raise ValueError(f"audio clip {index} has no samples")
-            if samples.size > longest:
-                raise ValueError(
-                    f"audio clip {index} is {samples.size / SAMPLE_RATE:.2f} s long; this engine serves clips "
-                    f"up to {longest / SAMPLE_RATE:.0f} s (max_audio_seconds)"
-                )
-            if not np.isfinite(samples).all():
-                raise ValueError(f"audio clip {index} contains NaN or infinite samples")
-            waveforms.append(torch.from_numpy(samples))
+            waveforms.append(torch.from_numpy(checked_samples(clip, index, longest, SAMPLE_RATE)))
         return BatchFeature({"waveform": waveforms}, tensor_type=None)
 
     def _get_mm_fields_config(
