@@ -5,11 +5,12 @@ No index of the published shards is public: the names below are inferred from th
 that names the tensor: an unknown name, a name seen twice, a wrong shape, or a tensor the checkpoint lacks.
 """
 
-import re
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from .names import NameTable
 
 AUDIO_NAMES: tuple[tuple[str, str], ...] = (
     (r"conv([12])\.(weight|bias)", r"conv\1.\2"),
@@ -23,7 +24,8 @@ AUDIO_NAMES: tuple[tuple[str, str], ...] = (
     (r"audio_bos_eos_token\.weight", "audio_bos_eos_token.weight"),
 )
 """Published name (regex, relative to `transformer.audio.`) -> our module's parameter or buffer name."""
-_COMPILED = tuple((re.compile(published), ours) for published, ours in AUDIO_NAMES)
+audio_name = NameTable(AUDIO_NAMES)
+"""Our name for a published tower tensor (relative to `transformer.audio.`), None if the table has none."""
 OPTIONAL = frozenset({"positional_embedding"})
 """Tensors the encoder can rebuild itself: the fixed sinusoids (a checkpoint without them keeps ours)."""
 
@@ -58,14 +60,6 @@ def published_shapes(audio_config) -> dict[str, tuple[int, ...]]:
         shapes[f"{block}.mlp.2.weight"] = (width, 4 * width)
         shapes[f"{block}.mlp.2.bias"] = (width,)
     return shapes
-
-
-def audio_name(published: str) -> str | None:
-    """Our name for a published tower tensor (relative to `transformer.audio.`), None if the table has none."""
-    for pattern, ours in _COMPILED:
-        if pattern.fullmatch(published):
-            return pattern.sub(ours, published)
-    return None
 
 
 def load_audio_weights(encoder: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from .names import NameTable
+
 AUDIO_PREFIX = "transformer.audio."
 DECODER_NAMES: tuple[tuple[str, str], ...] = (
     (r"transformer\.wte\.weight", "model.embed_tokens.weight"),
@@ -24,7 +26,7 @@ DECODER_NAMES: tuple[tuple[str, str], ...] = (
     (r"lm_head\.weight", "lm_head.weight"),
 )
 """Published decoder name (regex) -> the name vLLM's Qwen2ForCausalLM.load_weights takes; `qkv` is split below."""
-_COMPILED = tuple((re.compile(published), ours) for published, ours in DECODER_NAMES)
+decoder_name = NameTable(DECODER_NAMES)
 IGNORED = re.compile(r"transformer\.h\.\d+\.attn\.(rotary_emb\.inv_freq|masked_bias|bias)$")
 """Derived buffers some exports carry; the published model ignores them on load too."""
 
@@ -38,13 +40,6 @@ def published_decoder_names(num_layers: int) -> set[str]:
         names |= {f"{layer}.attn.c_attn.weight", f"{layer}.attn.c_attn.bias"}
         names |= {f"{layer}.mlp.{m}.weight" for m in ("w1", "w2", "c_proj")}
     return names
-
-
-def decoder_name(published: str) -> str | None:
-    for pattern, ours in _COMPILED:
-        if pattern.fullmatch(published):
-            return pattern.sub(ours, published)
-    return None
 
 
 def decoder_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
