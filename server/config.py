@@ -138,10 +138,25 @@ class Settings(BaseSettings):
     max_body_bytes_in_flight: int = Field(0, ge=0)
     """Bytes of request bodies (those over 64 KiB) being read or processed at once, all requests together;
     beyond it → 429 with Retry-After. 0 → twice the largest chat body."""
-    body_read_timeout_s: float = Field(30.0, gt=0)
-    """Grace period for reading a request body; after it the body must keep arriving at
-    ``body_min_rate_bytes_s`` on average (counted from the start), else → 408."""
+    max_body_bytes_per_client: int = Field(0, ge=0)
+    """Of ``max_body_bytes_in_flight``, what one client (its API key; without keys, its address) may hold at
+    once; beyond it → 429 for that client only. 0 → half the budget, at least the largest chat body."""
+    body_read_timeout_s: float = Field(10.0, gt=0)
+    """Grace period for reading a request body, from its start; after it, every ``body_rate_window_s`` must
+    bring at least ``body_min_rate_bytes_s`` × that many bytes, else → 408 (a stalled body is cut within
+    ``max(body_read_timeout_s, body_rate_window_s)`` of stalling, however much it sent before)."""
     body_min_rate_bytes_s: int = Field(64 * 1024, gt=0)
+    body_rate_window_s: float = Field(10.0, gt=0)
+    body_max_seconds: float = Field(300.0, gt=0)
+    """No body takes longer than this to arrive (→ 408): a largest chat body (~134 MiB) needs ~460 KiB/s."""
+    trusted_proxies: CommaList = Field(default_factory=list)
+    """Addresses of load balancers whose ``X-Forwarded-For`` names the client (uvicorn's
+    ``forwarded_allow_ips``; ``*`` for any): per-client limits then count the real client. Empty → the header is
+    ignored and the peer address is the client."""
+    allowed_hosts: CommaList = Field(default_factory=list)
+    """Host (and Origin) names requests may carry (``*``: any); loopback names are always allowed. Empty → on a
+    connection to a loopback address only loopback names (a web page cannot reach a gateway on localhost through
+    a rebound DNS name), elsewhere any. A Host not allowed → 403 ``bad_host``."""
 
     # --- HTTP server (alm gateway; server/http_server.py) ---
     http_max_header_bytes: int = Field(32 * 1024, ge=1024)
@@ -152,7 +167,12 @@ class Settings(BaseSettings):
     """An idle connection (before its first request or between requests) is closed after this. Behind a load
     balancer that reuses connections, set it above the balancer's idle timeout."""
     http_max_connections: int = Field(1024, ge=2)
-    """Open connections (and requests in flight) at once; a request beyond it gets uvicorn's 503 (overload)."""
+    """Open connections (and requests in flight) at once; a request beyond it gets uvicorn's 503 (overload),
+    except ``/health`` and ``/ready``, which are always answered."""
+    http_max_connections_per_client: int = Field(256, ge=1)
+    """Open connections from one peer address; a request on one beyond it → 429 ``too_many_connections`` and the
+    connection is closed. Behind a load balancer (every connection from its address) raise it to
+    ``http_max_connections``."""
     graceful_shutdown_s: int = Field(30, ge=0)
     """On SIGTERM: seconds in-flight requests get to finish before the gateway stops."""
 
@@ -183,7 +203,7 @@ class Settings(BaseSettings):
     MiDashengLM: "Transcribe the audio.")."""
     transcription_max_tokens: int = Field(448, ge=1)
 
-    @field_validator("engine_urls", "api_keys", "audio_url_domains", mode="before")
+    @field_validator("engine_urls", "api_keys", "audio_url_domains", "trusted_proxies", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         if isinstance(v, str):
@@ -242,6 +262,10 @@ class Settings(BaseSettings):
     @property
     def body_bytes_in_flight(self) -> int:
         return self.max_body_bytes_in_flight or 2 * self.max_body_bytes
+
+    @property
+    def body_bytes_per_client(self) -> int:
+        return self.max_body_bytes_per_client or max(self.body_bytes_in_flight // 2, self.max_body_bytes)
 
     @property
     def engine_capacity(self) -> int:

@@ -7,6 +7,12 @@ keep-alive timer only starts after a response). uvicorn's h11 protocol bounds th
 cost 260-320 µs of server CPU per request against httptools' 53-60 µs. So: httptools, with a byte budget for
 each request head (checked before the parser buffers it), a deadline for the head, and an idle deadline that
 also covers a connection's first request.
+
+uvicorn's ``limit_concurrency`` counts every open connection, idle ones too, and answers 503 to every request
+beyond it, probes included: 1,100 idle connections from one client took ``/health`` down (a liveness probe
+would then restart the pod). So each client (peer address) may hold ``max_connections_per_client`` of them;
+its connections beyond that do not count against everyone's limit, live at most a second, and answer their
+request with 429 before closing. ``/health`` and ``/ready`` are answered whatever the counts.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import json
 import math
 from typing import ClassVar
 
+import httptools
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.app import configure_logging, create_app
 from server.config import Settings
+from server.headerguard import PROBE_PATHS
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
@@ -36,6 +45,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     max_header_bytes: ClassVar[int] = 32 * 1024
     header_timeout_s: ClassVar[float] = 10.0
     keep_alive_s: ClassVar[float] = 5.0
+    max_connections_per_client: ClassVar[int] = 256
+    open_by_client: ClassVar[dict[str, int]] = {}
+    """Open connections per peer address, shared by one server's connections (``protocol_class`` makes a dict
+    per server)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # uvicorn passes config, state and loop
@@ -45,6 +58,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._in_head = False  # a request has begun and its headers are not complete
         self._heads_done = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._peer: str | None = None
+        self._over_client_limit = False
 
     # --- deadlines ---
     def _arm(self, seconds: float) -> None:
@@ -70,10 +85,27 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # --- protocol ---
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.keep_alive_s)
+        if self.client is not None:
+            self._peer = self.client[0]
+            count = self.open_by_client.get(self._peer, 0) + 1
+            self.open_by_client[self._peer] = count
+            self._over_client_limit = count > self.max_connections_per_client
+        if self._over_client_limit:
+            # Not counted against everyone's limit, and given a second for the request its 429 answers.
+            self.connections.discard(self)
+            self._arm(min(self.keep_alive_s, 1.0))
+        else:
+            self._arm(self.keep_alive_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._peer is not None:
+            left = self.open_by_client.get(self._peer, 1) - 1
+            if left > 0:
+                self.open_by_client[self._peer] = left
+            else:
+                self.open_by_client.pop(self._peer, None)
+            self._peer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -104,7 +136,27 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._in_head = self._reading_head = False
         self._heads_done += 1
         self._disarm()
-        super().on_headers_complete()
+        if self._is_probe():  # answered even beyond the connection limits
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+        elif self._over_client_limit:
+            app, self.app = self.app, _too_many_connections  # an ASGI app like uvicorn's own 503
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app, self.limit_concurrency = app, limit
+        else:
+            super().on_headers_complete()
+
+    def _is_probe(self) -> bool:
+        try:
+            return httptools.parse_url(self.url).path.decode("ascii") in PROBE_PATHS
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False  # uvicorn answers it
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -131,12 +183,30 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer on a connection beyond its client's share; the connection closes after it."""
+    body = json.dumps({"error": {
+        "message": "too many open connections from this client; reuse connections or close idle ones",
+        "type": "rate_limit_error", "param": None, "code": "too_many_connections",
+    }}).encode()  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"retry-after", b"1"),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def protocol_class(settings: Settings) -> type[LimitedHttpProtocol]:
     """The protocol with ``settings``' limits (uvicorn instantiates it per connection with its own arguments)."""
     return type("GatewayHttpProtocol", (LimitedHttpProtocol,), {
         "max_header_bytes": settings.http_max_header_bytes,
         "header_timeout_s": settings.http_header_timeout_s,
         "keep_alive_s": settings.http_keep_alive_timeout_s,
+        "max_connections_per_client": settings.http_max_connections_per_client,
+        "open_by_client": {},
     })  # fmt: skip
 
 
@@ -146,6 +216,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **kwa
         app, host=host, port=port, http=protocol_class(settings), access_log=False,
         timeout_keep_alive=math.ceil(settings.http_keep_alive_timeout_s),
         limit_concurrency=settings.http_max_connections,
+        proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or None,
         timeout_graceful_shutdown=settings.graceful_shutdown_s, **kwargs,  # type: ignore[arg-type]
     )  # fmt: skip
 

@@ -1,6 +1,7 @@
-"""One pure-ASGI middleware (streaming- and disconnect-safe): request id, API-key auth, the body limits of
-``server/bodyguard.py`` (size, read deadline, bytes held at once), and the per-route request counter and latency
-histogram.
+"""One pure-ASGI middleware (streaming- and disconnect-safe): request id, the header rules of
+``server/headerguard.py`` (Host, Origin, content type, framing), API-key auth, the body limits of
+``server/bodyguard.py`` (size, read deadline and pace, bytes held at once in all and per client), and the
+per-route request counter and latency histogram.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.bodyguard import BodyBudget, GuardedBody
+from server.bodyguard import BodyBudget, BodyPace, GuardedBody
 from server.config import Settings
 from server.errors import GatewayError, Unauthorized, error_response
+from server.headerguard import HostPolicy, check_headers
 from server.metrics import STATUS_CODES
 
 ROUTE_NAMES = {
@@ -31,18 +33,30 @@ def _code_label(status: int) -> str:
     return code if code in STATUS_CODES else f"{status // 100}xx"
 
 
-def check_api_key(authorization: str | None, keys: list[str]) -> None:
-    """Constant-time comparison against every configured key (no early exit)."""
+def check_api_key(authorization: str | None, keys: list[str]) -> int | None:
+    """Constant-time comparison against every configured key (no early exit); the matching key's index, None
+    when auth is off."""
     if not keys:
-        return
+        return None
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-    match = False
-    for key in keys:
-        match |= hmac.compare_digest(token.strip().encode(), key.encode())
-    if not match:
+    match = -1
+    for i, key in enumerate(keys):
+        if hmac.compare_digest(token.strip().encode(), key.encode()):
+            match = i
+    if match < 0:
         raise Unauthorized("Incorrect API key provided")
+    return match
+
+
+def client_of(scope: Scope, key_index: int | None) -> str:
+    """Who a request's body bytes are counted against: its API key, else its address (the peer, or the address
+    a trusted proxy reports: ``ALM_TRUSTED_PROXIES``)."""
+    if key_index is not None:
+        return f"key:{key_index}"
+    peer = scope.get("client")
+    return f"addr:{peer[0]}" if peer else "addr:-"
 
 
 def body_limit(route: str | None, settings: Settings) -> int:
@@ -57,6 +71,7 @@ class GatewayMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.budget: BodyBudget | None = None  # created with the first request, from the app's settings
+        self.hosts: HostPolicy | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,9 +103,14 @@ class GatewayMiddleware:
 
         try:
             try:
+                if self.hosts is None:
+                    self.hosts = HostPolicy(settings.allowed_hosts)
+                local = scope.get("server")
+                check_headers(request.headers, route, path, scope["method"], local[0] if local else None, self.hosts)
+                key = None
                 if path.startswith("/v1/"):  # before the body guard: an unauthenticated client sizes nothing
-                    check_api_key(request.headers.get("authorization"), settings.api_keys)
-                body = self._guard(receive, request, body_limit(route, settings), settings)
+                    key = check_api_key(request.headers.get("authorization"), settings.api_keys)
+                body = self._guard(receive, request, body_limit(route, settings), settings, client_of(scope, key))
             except GatewayError as err:
                 await error_response(request, err)(scope, receive, send_wrapper)
                 return
@@ -102,16 +122,24 @@ class GatewayMiddleware:
                 gateway.metrics.requests.labels(route, _code_label(status)).inc()
                 gateway.metrics.request_duration.labels(route).observe(time.monotonic() - start)
 
-    def _guard(self, receive: Receive, request: Request, limit: int, settings: Settings) -> GuardedBody:
+    def _guard(self, receive: Receive, request: Request, limit: int, settings: Settings, client: str) -> GuardedBody:
         if self.budget is None:
-            self.budget = BodyBudget(settings.body_bytes_in_flight, settings.retry_after_s)
+            self.budget = BodyBudget(
+                settings.body_bytes_in_flight, settings.body_bytes_per_client, settings.retry_after_s
+            )
         declared = request.headers.get("content-length", "")
+        pace = BodyPace(
+            grace_s=settings.body_read_timeout_s,
+            window_s=settings.body_rate_window_s,
+            min_rate=settings.body_min_rate_bytes_s,
+            max_s=settings.body_max_seconds,
+        )
         return GuardedBody(
             receive,
             limit=limit,
             declared=int(declared) if declared.isdigit() else None,
             chunked="transfer-encoding" in request.headers,
             budget=self.budget,
-            timeout_s=settings.body_read_timeout_s,
-            min_rate=settings.body_min_rate_bytes_s,
+            client=client,
+            pace=pace,
         )

@@ -21,6 +21,7 @@ KEEP_ALIVE_S = 2.0
 HEADER_TIMEOUT_S = 2.0
 MAX_HEADER_BYTES = 32 * 1024
 MAX_CONNECTIONS = 200
+PER_CLIENT = 50
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def gateway(tmp_path_factory) -> Iterator[tuple[str, int, psutil.Process]]:
         "ALM_HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "ALM_HTTP_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
         "ALM_HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "ALM_HTTP_MAX_CONNECTIONS_PER_CLIENT": str(PER_CLIENT),
         "ALM_GRACEFUL_SHUTDOWN_S": "1",
     }
     with open(tmp_path_factory.mktemp("gateway") / "gateway.log", "wb") as log:
@@ -47,8 +49,9 @@ def gateway(tmp_path_factory) -> Iterator[tuple[str, int, psutil.Process]]:
         stop_process(proc, 10)
 
 
-def connect(gateway) -> socket.socket:
-    return socket.create_connection(gateway[:2], timeout=10)
+def connect(gateway, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from ``source``: any 127.0.0.0/8 address is another client on Linux's loopback."""
+    return socket.create_connection(gateway[:2], timeout=10, source_address=(source, 0))
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -166,12 +169,40 @@ def test_headers_sent_a_byte_at_a_time_get_a_408(gateway) -> None:
     assert time.monotonic() - started >= HEADER_TIMEOUT_S - 0.5
 
 
-def test_connections_beyond_the_limit_get_503_until_idle_ones_close(gateway) -> None:
-    """Overload (not client input): uvicorn's limit_concurrency answers 503."""
-    idle = [connect(gateway) for _ in range(MAX_CONNECTIONS)]
-    sock = connect(gateway)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert read_response(sock)[0] == 503
-    for s in idle:
-        closed_by_server(s, KEEP_ALIVE_S + 5)  # the keep-alive timeout frees them
-    assert httpx.get(f"http://{gateway[0]}:{gateway[1]}/health").status_code == 200
+def test_connections_beyond_the_limit_get_503_but_probes_are_answered(gateway) -> None:
+    """Overload (not client input): uvicorn's limit_concurrency answers 503, except to /health and /ready."""
+    idle = [connect(gateway, f"127.0.0.{2 + i % 5}") for i in range(MAX_CONNECTIONS)]  # 5 clients, 40 each
+    try:
+        for path, status in (("/v1/models", 503), ("/health", 200), ("/ready", 503)):  # no engine: not ready
+            sock = connect(gateway, "127.0.0.9")
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            got, _, body = read_response(sock)
+            assert got == status, (path, body)
+            if path == "/ready":
+                assert json.loads(body)["error"]["code"] == "no_healthy_engine"  # the app's answer, not uvicorn's
+            sock.close()
+    finally:
+        for s in idle:
+            closed_by_server(s, KEEP_ALIVE_S + 5)  # the keep-alive timeout frees them
+    assert httpx.get(f"http://{gateway[0]}:{gateway[1]}/v1/models").status_code == 200
+
+
+def test_one_client_cannot_hold_every_connection(gateway) -> None:
+    """1,100 idle connections from one client once made every request, probes included, a 503: now that client
+    gets its share, its requests beyond it a 429, and other clients and probes are served."""
+    hog = [connect(gateway, "127.0.0.20") for _ in range(1100)]
+    try:
+        beyond = hog[-1]
+        beyond.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, headers, body = read_response(beyond)
+        assert status == 429 and json.loads(body)["error"]["code"] == "too_many_connections"
+        assert headers["connection"] == "close" and closed_by_server(beyond, 5)
+        probe = hog[-2]
+        probe.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(probe)[0] == 200
+        other = connect(gateway, "127.0.0.21")
+        other.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(other)[0] == 200
+    finally:
+        for s in hog:
+            s.close()

@@ -17,12 +17,18 @@ class RawClient:
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
 
     def start(
-        self, path: str, content_length: int | None, first: bytes = b"", content_type: str = "application/json"
+        self,
+        path: str,
+        content_length: int | None,
+        first: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> None:
         length = (
             f"content-length: {content_length}\r\n" if content_length is not None else "transfer-encoding: chunked\r\n"
         )
-        head = f"POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n{length}\r\n"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        head = f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n{extra}{length}\r\n"
         self.sock.sendall(head.encode() + first)
 
     def trickle(self, data: bytes, every_s: float) -> bool:

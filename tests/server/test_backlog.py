@@ -176,7 +176,7 @@ def open_request(gw: str, body: dict) -> socket.socket:
     parts = urlsplit(gw)
     sock = socket.create_connection((parts.hostname, parts.port))
     data = json.dumps(body).encode()
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     head += b"Content-Length: %d\r\n\r\n"
     sock.sendall(head % len(data) + data)
     return sock

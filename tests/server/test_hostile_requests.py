@@ -195,7 +195,7 @@ def test_clips_do_not_count_as_text(start_fake, start_gateway) -> None:
 @pytest.mark.parametrize("trickle", [True, False])
 def test_slow_body_is_cut_off_with_408(start_fake, start_gateway, trickle: bool) -> None:
     fake, url = start_fake()
-    gw = start_gateway([url], body_read_timeout_s=0.5, body_min_rate_bytes_s=100)
+    gw = start_gateway([url], body_read_timeout_s=0.5, body_rate_window_s=0.5, body_min_rate_bytes_s=100)
     client = RawClient(gw)
     try:
         client.start(CHAT, 10_000, b'{"model"')
@@ -294,8 +294,8 @@ def test_transcription_upload_over_the_limit_is_413(start_fake, start_gateway) -
 @pytest.mark.parametrize(
     ("files", "data", "param"),
     [
-        (None, {"model": M}, "file"),
-        (None, {"model": M, "file": "not a file"}, "file"),
+        ({"other": ("a.wav", b"RIFF")}, {"model": M}, "file"),
+        ({"other": ("a.wav", b"RIFF")}, {"model": M, "file": "not a file"}, "file"),
         ({"file": ("a.wav", b"RIFF")}, {}, "model"),
         ({"file": ("a.wav", b"RIFF")}, {"model": M, "temperature": "hot"}, "temperature"),
         ({"file": ("a.wav", b"RIFF")}, {"model": M, "response_format": "srt"}, "response_format"),
@@ -328,10 +328,14 @@ def test_transcription_form_fields_with_lone_surrogates_are_400(gateway) -> None
     assert error_of(resp)["code"] == "invalid_unicode" and error_of(resp)["param"] == "prompt"
 
 
-def test_transcription_without_multipart_names_the_file(gateway) -> None:
-    _, gw = gateway
-    resp = httpx.post(gw + "/v1/audio/transcriptions", json={"model": M})
-    assert resp.status_code == 400 and error_of(resp)["param"] == "file"
+@pytest.mark.parametrize(
+    "kwargs", [{"json": {"model": M}}, {"data": {"model": M}}, {"content": b"model=m", "headers": {"content-type": ""}}]
+)
+def test_transcription_without_multipart_is_415(gateway, kwargs: dict) -> None:
+    """JSON, a urlencoded form (which a web page can send cross-site without a preflight) or no type at all."""
+    fake, gw = gateway
+    resp = httpx.post(gw + "/v1/audio/transcriptions", **kwargs)
+    assert resp.status_code == 415 and error_of(resp)["code"] == "unsupported_media_type" and fake.bodies == []
 
 
 def test_transcription_accepts_a_real_upload(gateway) -> None:

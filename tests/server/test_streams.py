@@ -25,7 +25,7 @@ def open_request(gw: str, body: dict) -> socket.socket:
     sock = socket.create_connection((parts.hostname, parts.port))
     data = json.dumps(body).encode()
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(data) + data
     )
     return sock
