@@ -5,10 +5,12 @@ routes by the request's ``model`` and learns each one's audio facts (family, lon
 ``ALM_MODEL_FACTS``, which ``gateway_env`` fills in from the checkpoints (alm/families.py).
 
 Start-up: engines (each in its own session, logs to files) → wait healthy → gateway (``alm gateway``) → wait
-ready → print the URL. Each engine's command line comes from the engine contract (``alm.engine``), as
-``alm engine``'s does; the gateway reads the same ``ALM_*`` environment. Gateway and engines share a tmpfs
-directory, so clips go to the engines as files, not base64. Placement (``alm.placement``): on a CPU-only host
-each engine and the gateway get cores of their own; on CUDA one GPU per engine, or a share of one.
+ready → print the URL. Engines that share a GPU start one after another, each once the one before answers
+``/health`` (``placement.start_waves``); the others start at once. Each engine's command line comes from the engine
+contract (``alm.engine``), as ``alm engine``'s does; the gateway reads the same ``ALM_*`` environment. Gateway and
+engines share a tmpfs directory, so clips go to the engines as files, not base64. Placement (``alm.placement``): on
+a CPU-only host each engine and the gateway get cores of their own; on CUDA each engine gets as many GPUs as its
+tensor × pipeline (× ...) parallel sizes in ``ALM_ENGINE_ARGS`` ask for, a one-GPU engine possibly a share of one.
 Ctrl-C / SIGTERM: the gateway drains its in-flight requests first, then the engines stop;
 a child that does not stop in time is killed with its whole process group.
 """
@@ -48,14 +50,16 @@ def plan_stack(
     settings: EngineSettings | Sequence[EngineSettings], ports: list[int], shared_dir: Path
 ) -> tuple[list[EnginePlan], list[int] | None]:
     """One launch per engine (the contract on loopback, with this host's CPU or GPU placement); the gateway's
-    cores (None: any). ``settings``: every engine's, or one per port (engines of several models)."""
+    cores (None: any). ``settings``: every engine's, or one per port (engines of several models).
+    ``placement.NotEnoughGpus`` (a ValueError) when the engines ask for more GPUs than this host shows."""
     engines = len(ports)
     each = [settings] * engines if isinstance(settings, EngineSettings) else list(settings)
     if len(each) != engines:
         raise ValueError(f"{len(each)} engine settings for {engines} ports")
-    cpu = placement.cpu_plan(engines)
+    widths = [placement.engine_width(s.engine_args) for s in each]
+    cpu = placement.cpu_plan(engines, widths)
     devices = () if placement.cpu_build() else placement.gpu_devices()
-    gpu = placement.gpu_plan(engines, devices, each[0].gpu_memory_utilization)
+    gpu = placement.gpu_slots(widths, devices, each[0].gpu_memory_utilization)
     plans = []
     for i, port in enumerate(ports):
         launch = engine_launch(each[i].model_copy(update={
@@ -115,6 +119,18 @@ def _wait_ok(child: Child, path: str, stopping: list[bool], timeout_s: float) ->
     return False
 
 
+def _start_engine(i: int, plan: EnginePlan, served_name: str, env: dict[str, str], log_dir: Path) -> Child:
+    log_path = log_dir / f"engine-{i}.log"
+    url = f"http://127.0.0.1:{plan.port}"
+    child = spawn(f"engine-{i}", plan.launch.argv, url, {**env, **plan.env}, log_path, plan.cores)
+    where = f", CPU(s) {plan.cores}" if plan.cores else ""
+    gpus = plan.env.get("CUDA_VISIBLE_DEVICES")
+    if gpus is not None:
+        where = f", GPU{'s' if ',' in gpus else ''} {gpus}"
+    print(f"alm: engine-{i} ({served_name}) starting on 127.0.0.1:{plan.port}{where} (log: {log_path})", flush=True)
+    return child
+
+
 def run_stack(
     settings: EngineSettings | Sequence[EngineSettings],
     port: int,
@@ -148,30 +164,18 @@ def run_stack(
     children: list[Child] = []
     try:
         plans, gateway_cores = plan_stack(per_engine, [free_port() for _ in per_engine], shared)
-        for i, plan in enumerate(plans):
-            log_path = log_dir / f"engine-{i}.log"
-            children.append(
-                spawn(
-                    f"engine-{i}",
-                    plan.launch.argv,
-                    f"http://127.0.0.1:{plan.port}",
-                    {**env, **plan.env},
-                    log_path,
-                    plan.cores,
-                )
-            )
-            where = f", CPU(s) {plan.cores}" if plan.cores else ""
-            if "CUDA_VISIBLE_DEVICES" in plan.env:
-                where = f", GPU {plan.env['CUDA_VISIBLE_DEVICES']}"
-            print(
-                f"alm: engine-{i} ({per_engine[i].served_name}) starting on 127.0.0.1:{plan.port}{where} "
-                f"(log: {log_path})",
-                flush=True,
-            )
-        for child in children:
-            if not _wait_ok(child, "/health", stopping, START_TIMEOUT_S):
-                return 0 if stopping[0] else 1
-        gw_env = gateway_env(models, [c.url for c in children], shared, env)
+        waves = placement.start_waves([p.env.get("CUDA_VISIBLE_DEVICES") for p in plans])
+        if len(waves) > 1:
+            order = " → ".join(" + ".join(f"engine-{i}" for i in wave) for wave in waves)
+            print(f"alm: engines that share a GPU start one after another (→: once healthy): {order}", flush=True)
+        engine_urls = [f"http://127.0.0.1:{p.port}" for p in plans]
+        for wave in waves:
+            started = [_start_engine(i, plans[i], per_engine[i].served_name, env, log_dir) for i in wave]
+            children += started
+            for child in started:
+                if not _wait_ok(child, "/health", stopping, START_TIMEOUT_S):
+                    return 0 if stopping[0] else 1
+        gw_env = gateway_env(models, engine_urls, shared, env)
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         gateway = spawn("gateway", gateway_argv(host, port), f"http://{local}:{port}", gw_env, None, gateway_cores)
         children.append(gateway)

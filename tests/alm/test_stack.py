@@ -1,5 +1,6 @@
 """`alm serve` (the `make serve` command): engine + gateway come up through the engine contract and
-`alm gateway`, serve the SDK, drain and stop on SIGTERM, leaving no process behind."""
+`alm gateway`, serve the SDK, drain and stop on SIGTERM, leaving no process behind; engines that share a GPU start
+one after another (fake children on a faked GPU host)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import signal
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import openai
 import psutil
+import pytest
 import soundfile as sf
 
-from alm.engine import NO_URL_FETCHING
-from alm.processes import free_port
+from alm import placement, stack
+from alm.engine import NO_URL_FETCHING, EngineSettings
+from alm.processes import Child, free_port
 
 
 def audio_message() -> list[dict]:
@@ -85,3 +89,76 @@ def test_alm_serve_serves_then_drains(tiny_checkpoint, tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class FakeProc:
+    """A child process that is running, or has exited with ``returncode``."""
+
+    def __init__(self, returncode: int | None = None) -> None:
+        self.returncode, self.pid = returncode, 0
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+@pytest.fixture
+def fake_children(clean_env, tmp_path):
+    """``run_stack`` on a faked host of ``gpus`` (default one GPU) with fake children: ``events`` records each
+    spawn (name, ``CUDA_VISIBLE_DEVICES``) and each health wait (name); names in ``exits`` exit during start with
+    1. A ready gateway sends SIGTERM, so the stack stops."""
+    gpus = ["0"]
+    clean_env.setattr(placement, "cpu_build", lambda: False)
+    clean_env.setattr(placement, "gpu_devices", lambda: tuple(gpus))
+    clean_env.setenv("XDG_CACHE_HOME", str(tmp_path))
+    events: list[tuple[str, ...]] = []
+    exits: set[str] = set()
+    children: dict[str, Child] = {}
+
+    def spawn(name, argv, url, env, log_path, cpus=None) -> Child:
+        events.append(("spawn", name, env.get("CUDA_VISIBLE_DEVICES", "")))
+        children[url] = Child(name, FakeProc(1 if name in exits else None), url, log_path)  # type: ignore[arg-type]
+        return children[url]
+
+    def wait_ok(proc, url, timeout_s, stop) -> bool:
+        child = children[url.rsplit("/", 1)[0]]
+        events.append(("wait", child.name))
+        if child.name == "gateway":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return True
+        return proc.poll() is None
+
+    clean_env.setattr(stack, "spawn", spawn)
+    clean_env.setattr(stack, "wait_ok", wait_ok)
+    clean_env.setattr(stack, "stop_process", lambda proc, timeout_s: None)
+    return SimpleNamespace(gpus=gpus, events=events, exits=exits, children=children, logs=tmp_path / "logs")
+
+
+def test_engines_that_share_a_gpu_start_one_after_another(fake_children, tmp_path, capsys) -> None:
+    assert stack.run_stack(EngineSettings(model_path=str(tmp_path)), free_port(), 3, log_dir=fake_children.logs) == 0
+    assert fake_children.events == [
+        ("spawn", "engine-0", "0"), ("wait", "engine-0"),
+        ("spawn", "engine-1", "0"), ("wait", "engine-1"),  # starts once engine-0 is healthy
+        ("spawn", "engine-2", "0"), ("wait", "engine-2"),
+        ("spawn", "gateway", ""), ("wait", "gateway"),
+    ]  # fmt: skip
+    out = capsys.readouterr().out
+    assert "engine-0 → engine-1 → engine-2" in out
+    for i in range(3):
+        assert f"engine-{i} ({tmp_path.name}) starting on 127.0.0.1:" in out
+        assert f", GPU 0 (log: {fake_children.logs / f'engine-{i}.log'})" in out
+
+
+def test_engines_on_gpus_of_their_own_start_together(fake_children, tmp_path) -> None:
+    fake_children.gpus[:] = ["0", "1"]
+    assert stack.run_stack(EngineSettings(model_path=str(tmp_path)), free_port(), 3, log_dir=fake_children.logs) == 0
+    assert fake_children.events[:6] == [
+        ("spawn", "engine-0", "0"), ("spawn", "engine-1", "1"), ("wait", "engine-0"), ("wait", "engine-1"),
+        ("spawn", "engine-2", "0"), ("wait", "engine-2"),  # shares GPU 0 with engine-0
+    ]  # fmt: skip
+
+
+def test_an_engine_that_exits_during_start_stops_the_ones_after_it(fake_children, tmp_path, capsys) -> None:
+    fake_children.exits.add("engine-0")
+    assert stack.run_stack(EngineSettings(model_path=str(tmp_path)), free_port(), 2, log_dir=fake_children.logs) == 1
+    assert fake_children.events == [("spawn", "engine-0", "0"), ("wait", "engine-0")]  # engine-1 never starts
+    assert f"engine-0 exited with 1; see {fake_children.logs / 'engine-0.log'}" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_cpu_flavour_by_default_gpu_flavour_with_the_gpu_file():
         assert cpu["build"]["target"] == "cpu" and gpu["build"]["target"] == "gpu"
         assert cpu["build"]["args"]["BASE_IMAGE"] == "debian:bookworm-slim"
         assert cpu["image"] == "alm-serve:cpu" and gpu["image"] == "alm-serve:gpu"
-    assert resolved(gpu=True)["services"]["engine"]["environment"]["ALM_GPU_MEMORY_UTILIZATION"] == "0.85"
+    assert resolved(gpu=True)["services"]["engine"]["environment"]["ALM_GPU_MEMORY_UTILIZATION"] == "0.9"
     # Only the GPU file reserves a GPU: Docker refuses an nvidia request on a host without the toolkit.
     assert "resources" not in resolved()["services"]["engine"]["deploy"]
     (device,) = resolved(gpu=True)["services"]["engine"]["deploy"]["resources"]["reservations"]["devices"]
