@@ -33,8 +33,9 @@ from vllm.v1.worker.encoder_cudagraph_defs import (
     EncoderItemSpec,
 )
 
+from model_plugins.host import to_device
+
 from .encoder import gather_rows
-from .host import to_device
 
 if TYPE_CHECKING:
     from .config import MiDashengLMConfig

@@ -19,9 +19,10 @@ from vllm.model_executor.layers.linear import (
 )
 from vllm.model_executor.layers.quantization import QuantizationConfig
 
+from model_plugins.host import to_device
+
 from .config import DashengEncoderConfig
 from .frontend import LogMelFrontend, PackedMels
-from .host import to_device
 from .windows import plan_windows
 
 # Windows per encoder forward when the engine does not size it (tests, benches): 64 x 10 s.

@@ -13,7 +13,8 @@ Batching: the reflect-padded clips are packed end to end into ONE signal (each c
 a hop boundary) and the STFT runs over it in passes of at most STFT_FRAMES_PER_PASS frames (one
 pass for up to ~160 s of audio in the step), so a 10-minute clip next to a 2 s one costs its
 own frames, not (clips x longest) frames as padding to the longest would, and the spectrum's
-memory stays bounded.
+memory stays bounded. Each pass's frame count is rounded up to one of a few buckets (`fft_frames`) over the
+zeros after the packed signal, so a GPU builds a bounded number of cuFFT plans; the extra frames are dropped.
 """
 
 import math
@@ -24,11 +25,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_plugins.host import host_to_device, to_device
+
 from .config import DashengEncoderConfig
-from .host import to_device
 
 # Frames per STFT pass (~160 s of audio): bounds the front end's memory whatever the step holds.
 STFT_FRAMES_PER_PASS = 16 * 1008
+MIN_FFT_FRAMES = 256
+
+
+def fft_frames(frames: int) -> int:
+    """Frames one STFT pass transforms for `frames` wanted: rounded up to 2^k or 1.5 x 2^k (at least 256, at most
+    STFT_FRAMES_PER_PASS), so cuFFT sees at most 13 batch sizes, hence plans, whatever the clips' lengths (it
+    caches plans by size; each new packed length was a new plan). At most 1.5x the frames, 2x under 256."""
+    if frames >= STFT_FRAMES_PER_PASS:
+        return STFT_FRAMES_PER_PASS
+    bucket = MIN_FFT_FRAMES
+    while bucket < frames:
+        bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3  # 256, 384, 512, 768, ...
+    return min(bucket, STFT_FRAMES_PER_PASS)
 
 
 def hz_to_mel(hz: float) -> float:
@@ -79,7 +94,7 @@ class LogMelFrontend(nn.Module):
             left = (c.n_fft - c.win_length) // 2  # torch.stft centres a shorter window the same way
             window = F.pad(window, (left, c.n_fft - c.win_length - left))
             bank = mel_filterbank(c.n_fft // 2 + 1, c.f_min, c.f_max, c.n_mels, c.sample_rate)
-            self._tables[device] = (window.to(device), bank.to(device))
+            self._tables[device] = (host_to_device(window, device), host_to_device(bank, device))
         return self._tables[device]
 
     def num_frames(self, n_samples: int) -> int:
@@ -98,7 +113,15 @@ class LogMelFrontend(nn.Module):
         offsets = [0]
         for size in segments:
             offsets.append(offsets[-1] + size)
-        total = offsets[-1] + c.n_fft  # the last clip's last frame fits
+        frames_total = offsets[-1] // hop + 1  # up to the last clip's last frame
+        # The (n_freqs, frames) spectrum is 4x the size of the mels: bound it by STFT pass. Each pass transforms a
+        # bucketed number of frames (fft_frames) so cuFFT meets a bounded set of plans; the extra frames read the
+        # zeros after the packed signal and are dropped, so the kept ones are unchanged.
+        passes = [
+            (first, min(first + STFT_FRAMES_PER_PASS, frames_total))
+            for first in range(0, frames_total, STFT_FRAMES_PER_PASS)
+        ]
+        total = max((first + fft_frames(last - first) - 1) * hop + c.n_fft for first, last in passes)
         signal = torch.zeros(total, dtype=torch.float32, device=device)
         for wave, start, n in zip(waveforms, offsets[:-1], lengths, strict=True):
             wave = wave.reshape(1, -1).float()
@@ -108,16 +131,13 @@ class LogMelFrontend(nn.Module):
                 wave = F.pad(wave, (self.pad, self.pad), mode="reflect")
             signal[start : start + n + 2 * self.pad].copy_(wave[0])
         window, bank = self.tables(device)
-        frames_total = (total - c.n_fft) // hop + 1
         mel = torch.empty(c.n_mels, frames_total, dtype=torch.float32, device=device)
-        # The (n_freqs, frames) spectrum is 4x the size of the mels: bound it by STFT pass.
-        for first in range(0, frames_total, STFT_FRAMES_PER_PASS):
-            last = min(first + STFT_FRAMES_PER_PASS, frames_total)
-            piece = signal[first * hop : (last - 1) * hop + c.n_fft]
+        for first, last in passes:
+            piece = signal[first * hop : (first + fft_frames(last - first) - 1) * hop + c.n_fft]
             spectrum = torch.stft(
                 piece, n_fft=c.n_fft, hop_length=hop, window=window, center=False, onesided=True, return_complex=True
-            )  # (n_freqs, last - first)
-            power = torch.view_as_real(spectrum).square().sum(-1)
+            )  # (n_freqs, fft_frames(last - first))
+            power = torch.view_as_real(spectrum[:, : last - first]).square().sum(-1)
             torch.matmul(bank.T, power, out=mel[:, first:last])
         log_mel = mel.clamp_(min=1e-10).log10_().mul_(10.0)  # (n_mels, frames_total), in place
         frame_offsets = [start // hop for start in offsets[:-1]]

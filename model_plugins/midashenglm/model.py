@@ -19,11 +19,11 @@ from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from model_plugins.data_parallel import run_sharded, use_data_parallel
 from model_plugins.decoder_plumbing import DecoderPlumbing
 
 from .config import MiDashengLMConfig
 from .cudagraph import DashengEncoderCudaGraph
-from .data_parallel import run_sharded
 from .encoder import DashengEncoder
 from .processing import (
     AUDIO_PLACEHOLDER,
@@ -49,7 +49,7 @@ logger = init_logger(f"vllm.plugins.{__name__}")
 )
 class MiDashengLM(DecoderPlumbing, nn.Module, SupportsMultiModal, SupportsPP, DashengEncoderCudaGraph):
     hf_to_vllm_mapper = PUBLISHED_WEIGHTS
-    supports_encoder_tp_data = True  # --mm-encoder-tp-mode data: data_parallel.py
+    supports_encoder_tp_data = True  # --mm-encoder-tp-mode data: model_plugins/data_parallel.py
     # The decoder's fused layers, so quantization configs find their shards.
     packed_modules_mapping: ClassVar[dict[str, list[str]]] = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
@@ -76,12 +76,8 @@ class MiDashengLM(DecoderPlumbing, nn.Module, SupportsMultiModal, SupportsPP, Da
         )
 
         max_windows = profiled_encoder_windows(vllm_config, config)
-        mm_config = vllm_config.model_config.multimodal_config
-        self.encoder_data_parallel = (
-            mm_config is not None
-            and mm_config.mm_encoder_tp_mode == "data"
-            and vllm_config.parallel_config.tensor_parallel_size > 1
-        )
+        # --mm-encoder-tp-mode data, or heads that do not divide over the tensor-parallel ranks (as vLLM's ViTs).
+        self.encoder_data_parallel = use_data_parallel(vllm_config, config.audio_encoder_config.num_heads)
         logger.info(
             "MiDashengLM: the audio encoder runs at most %d windows per forward%s",
             max_windows,

@@ -149,7 +149,7 @@ class MiDashengLMMultiModalProcessor(BaseMultiModalProcessor[MiDashengLMProcessi
             # stacking of waveforms. num_audio_tokens applies the minimum _call_hf_processor pads to.
             clip = mm_items.get_items("audio", AudioProcessorItems).get(item_index)
             n_samples = int(np.asarray(clip).size)
-            tokens = [audio_token_id] * self.info.num_audio_tokens(n_samples)
-            return PromptUpdateDetails.select_token_id(tokens, embed_token_id=audio_token_id)
+            # Every position is <|AUDIO|>: all of it is embedding (is_embed None), no per-clip mask tensor.
+            return PromptUpdateDetails.from_seq([audio_token_id] * self.info.num_audio_tokens(n_samples))
 
         return [PromptReplacement(modality="audio", target=[audio_token_id], replacement=expand)]

@@ -12,21 +12,22 @@ shorter clip's last conv frame sees one padding mel frame when batched and a zer
 its alone-semantics (mel frames from 2T on are zero for the convs), i.e. the published batch-of-one result, which
 is also what a one-audio prompt gets there.
 
-Plain torch layers (the tower is replicated, ~0.6 B parameters): module names follow the published checkpoint so
-the weight table (audio_weights.py) maps names one to one.
+Plain torch layers, whole on every tensor-parallel rank (~0.6 B parameters; with TP each rank encodes a share of
+the clips: model_plugins/data_parallel.py): module names follow the published checkpoint so the weight table
+(audio_weights.py) maps names one to one. Lengths are host ints; a pass's masks come from one non-blocking copy.
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .audio_weights import load_audio_weights
+from model_plugins.host import to_device
 
-CLIPS_PER_FORWARD = 16
-"""Clips per transformer pass: bounds activation memory (a 30 s clip is 1500 frames)."""
+from .audio_weights import load_audio_weights
+from .passes import plan_passes
 
 
 def clip_sizes(mel_len: int) -> tuple[int, int]:
@@ -118,44 +119,52 @@ class QwenAudioEncoder(nn.Module):
         """Rows of each clip's output: n_i + 2."""
         return [clip_sizes(m)[1] + 2 for m in mel_lengths]
 
-    def forward(self, mels: torch.Tensor, mel_lengths: torch.Tensor | list[int]) -> list[torch.Tensor]:
-        """mels: (B, n_mels, >= 2 * max T) float32 log-mel (the front end's (B, 80, 3000)); mel_lengths: (B,) real
-        frames per clip -> list of (n_i + 2, output_dim) in the model dtype."""
-        lengths = mel_lengths.tolist() if isinstance(mel_lengths, torch.Tensor) else list(mel_lengths)
+    def forward(self, mels: torch.Tensor, mel_lengths: Sequence[int]) -> list[torch.Tensor]:
+        """mels: (B, n_mels, >= 2 * max T) float32 log-mel (the front end's (B, 80, frames)); mel_lengths: B host ints,
+        real frames per clip -> list of (n_i + 2, output_dim) in the model dtype, [bos, n_i frames, eos].
+
+        Clips run in passes of similar length (passes.py); the tower (tower.py) computes each pass's mels itself."""
+        lengths = list(mel_lengths)
+        self.check_lengths(mels, lengths)
+        rows: list[torch.Tensor] = [mels.new_empty(0)] * len(lengths)
+        for picked in plan_passes([clip_sizes(m)[0] for m in lengths]):
+            # Row views stacked on the device: no index tensor to copy from the host.
+            group = torch.stack([mels[i] for i in picked]) if len(picked) < len(lengths) else mels
+            for i, out in zip(picked, self.encode(group, [lengths[i] for i in picked]), strict=True):
+                rows[i] = out
+        return [self.frame(r) for r in rows]
+
+    def check_lengths(self, mels: torch.Tensor, lengths: list[int]) -> None:
         if mels.dim() != 3 or mels.shape[0] != len(lengths) or mels.shape[1] != self.config.n_mels:
             raise ValueError(f"mels of shape {tuple(mels.shape)} for {len(lengths)} clips of {self.config.n_mels} mels")
         limit = min(mels.shape[2], 2 * self.config.n_ctx)
         if min(lengths) < 1 or max(lengths) > limit:
             raise ValueError(f"mel_lengths {lengths} must lie in 1..{limit} frames")
-        # Passes over clips of similar length (longest first), so a short clip is not padded to a long one's frames.
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        rows: list[torch.Tensor] = [mels.new_empty(0)] * len(lengths)
-        for first in range(0, len(order), CLIPS_PER_FORWARD):
-            picked = order[first : first + CLIPS_PER_FORWARD]
-            index = torch.tensor(picked, device=mels.device)
-            for i, out in zip(
-                picked, self.encode(mels.index_select(0, index), [lengths[i] for i in picked]), strict=True
-            ):
-                rows[i] = out
+
+    def frame(self, rows: torch.Tensor) -> torch.Tensor:
+        """(n, output_dim) -> (n + 2, output_dim): the learned bos and eos around a clip's frames."""
         bos, eos = self.audio_bos_eos_token.weight.split(1)
-        return [torch.cat([bos, r, eos]) for r in rows]
+        return torch.cat([bos, rows, eos])
 
     def encode(self, mels: torch.Tensor, mel_lengths: list[int]) -> list[torch.Tensor]:
-        """One pass: -> list of (n_i, output_dim) pooled, normalised, projected frames."""
+        """One pass: mels (clips, n_mels, >= 2 * max T), mel_lengths host ints -> list of (n_i, output_dim) pooled,
+        normalised, projected frames. Padded to the pass's longest clip only; no host sync (the lengths travel in
+        one non-blocking copy, host.py)."""
         sizes = [clip_sizes(m) for m in mel_lengths]
         frames = [t for t, _ in sizes]
         longest = max(frames)
         device = mels.device
-        # Each clip sees its own first 2T mel frames and zeros after (its batch-of-one result).
-        conv_len = torch.tensor([2 * t for t in frames], device=device)
         x = mels[:, :, : 2 * longest].float()
-        x = torch.where(torch.arange(2 * longest, device=device) < conv_len[:, None, None], x, 0.0).to(self.dtype)
-        x = F.gelu(self.conv1(x))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (clips, longest, width)
-        x = x + self.positional_embedding[:longest].to(x.dtype)
         key_mask = None
         if min(frames) < longest:
-            key_mask = torch.arange(longest, device=device) < (conv_len[:, None] // 2)
+            # Each clip sees its own first 2T mel frames and zeros after (its batch-of-one result), and attends to
+            # its first T frames. Equal lengths need neither: the pass is cut at exactly 2T.
+            real = to_device([frames], device)[0]  # (clips,) T
+            x = torch.where(torch.arange(2 * longest, device=device) < 2 * real[:, None, None], x, 0.0)
+            key_mask = torch.arange(longest, device=device) < real[:, None]
+        x = F.gelu(self.conv1(x.to(self.dtype)))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (clips, longest, width)
+        x = x + self.positional_embedding[:longest].to(x.dtype)
         for block in self.blocks:
             x = block(x, key_mask)
         pooled = x[:, : longest // 2 * 2].unflatten(1, (longest // 2, 2)).mean(dim=2)  # AvgPool1d(2, 2)

@@ -7,6 +7,9 @@ to 30 s (480,000 samples), then a centred STFT (n_fft 400, hop 160, periodic Han
 clamp at 1e-10; floor at (max - 8) over the clip's whole padded spectrogram; (x + 4) / 4. mel_len = samples // 160
 frames are real, the rest is padding the encoder masks.
 
+Only the frames a clip needs are computed (`frames_needed`: a 1 s clip is 102 frames, not 3000), and they equal the
+published 30 s computation's first frames: see `log_mel`.
+
 Always float32, whatever the model dtype: the window and filter bank are built here in float32 and are not module
 buffers, so no `.to(dtype)` of the model can cast them (a bf16 window or filter bank costs whole log-mel units;
 see docs/gpu.md and model_plugins/midashenglm/frontend.py).
@@ -15,6 +18,8 @@ see docs/gpu.md and model_plugins/midashenglm/frontend.py).
 import math
 
 import torch
+
+from model_plugins.host import host_to_device
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -25,7 +30,8 @@ MAX_SAMPLES = 30 * SAMPLE_RATE
 N_FRAMES = MAX_SAMPLES // HOP_LENGTH
 """Mel frames of the padded window: 3000."""
 CLIPS_PER_PASS = 16
-"""Clips per STFT pass: bounds the (clips, 201, 3001) complex spectrum (~4.8 MB per clip)."""
+"""30 s clips per STFT pass: bounds the (clips, 201, frames) complex spectrum (~4.8 MB per 30 s clip); shorter
+passes take proportionally more clips."""
 
 # Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
 _F_SP = 200.0 / 3.0
@@ -63,10 +69,11 @@ _TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(periodic Hann window (400,), mel filters (80, 201)), float32 on `device`; built once per device."""
+    """(periodic Hann window (400,), mel filters (80, 201)), float32 on `device`; built once per device on the host
+    and copied without blocking (host.py)."""
     if device not in _TABLES:
         window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32)
-        _TABLES[device] = (window.to(device), mel_filters().to(device))
+        _TABLES[device] = (host_to_device(window, device), host_to_device(mel_filters(), device))
     return _TABLES[device]
 
 
@@ -75,9 +82,20 @@ def mel_length(n_samples: int) -> int:
     return n_samples // HOP_LENGTH
 
 
-def log_mel(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def frames_needed(n_samples: int) -> int:
+    """Mel frames to compute for a clip so that they equal the published 30 s computation: every frame whose window
+    touches a real sample (frame t covers samples [160 t - 200, 160 t + 200)), so the clip's peak, hence its floor,
+    is the published one (the others are exactly log10(1e-10) = -10, never above the peak); at least the 2T frames
+    the encoder's convs read (2T <= mel_len + 1 < this); at most 3000."""
+    return min(N_FRAMES, -(-(n_samples + N_FFT // 2) // HOP_LENGTH))
+
+
+def log_mel(waveforms: list[torch.Tensor], frames: int = N_FRAMES) -> tuple[torch.Tensor, list[int]]:
     """list of (samples,) 16 kHz mono waveforms, each 1..480000 samples
-    -> (mels (B, 80, 3000) float32, mel_lengths (B,) long = samples // 160), on the waveforms' device."""
+    -> (mels (B, 80, frames) float32 on the waveforms' device, mel_lengths: host ints = samples // 160).
+
+    frames: the first mel frames of the published (B, 80, 3000) to compute, at least max(frames_needed); the tower
+    asks for its pass's own need (a 1 s clip: 102 frames, not 3000). No device sync: lengths are tensor shapes."""
     if not waveforms:
         raise ValueError("log_mel needs at least one waveform")
     device = waveforms[0].device
@@ -87,19 +105,25 @@ def log_mel(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"waveform {i} has shape {tuple(wave.shape)}, expected (samples,) mono")
         if not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"waveform {i} has {n} samples; the encoder takes 1..{MAX_SAMPLES} (30 s at 16 kHz)")
+    need = max(frames_needed(n) for n in lengths)
+    if not need <= frames <= N_FRAMES:
+        raise ValueError(f"frames={frames}: these clips need {need}..{N_FRAMES} mel frames")
+    # Zero padding up to here leaves every kept frame's window inside real or zero samples, as in the published
+    # 30 s window: frame frames-1 ends at sample 160 * frames + 40 (only 480,000 itself uses the reflection).
+    samples = min(MAX_SAMPLES, HOP_LENGTH * frames + N_FFT // 2)
     window, bank = tables(device)
-    mels = torch.empty(len(waveforms), N_MELS, N_FRAMES, dtype=torch.float32, device=device)
-    for first in range(0, len(waveforms), CLIPS_PER_PASS):
-        group = waveforms[first : first + CLIPS_PER_PASS]
-        padded = torch.zeros(len(group), MAX_SAMPLES, dtype=torch.float32, device=device)
+    mels = torch.empty(len(waveforms), N_MELS, frames, dtype=torch.float32, device=device)
+    per_pass = max(1, CLIPS_PER_PASS * N_FRAMES // frames)  # bounds the spectrum as 16 clips of 30 s do
+    for first in range(0, len(waveforms), per_pass):
+        group = waveforms[first : first + per_pass]
+        padded = torch.zeros(len(group), samples, dtype=torch.float32, device=device)
         for row, wave in zip(padded, group, strict=True):
             row[: wave.shape[0]].copy_(wave)
         spectrum = torch.stft(
             padded, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True
-        )  # (clips, 201, 3001)
-        power = torch.view_as_real(spectrum[..., :-1]).square().sum(-1)  # the last frame is dropped, as published
-        log_spec = torch.matmul(bank, power).clamp_(min=1e-10).log10_()  # (clips, 80, 3000)
+        )  # (clips, 201, samples // 160 + 1); the published 3001st frame is dropped, as are ours past `frames`
+        power = torch.view_as_real(spectrum[..., :frames]).square().sum(-1)
+        log_spec = torch.matmul(bank, power).clamp_(min=1e-10).log10_()  # (clips, 80, frames)
         peaks = log_spec.amax(dim=(1, 2), keepdim=True)
         mels[first : first + len(group)] = (torch.maximum(log_spec, peaks - 8.0) + 4.0) / 4.0
-    mel_lengths = torch.tensor([mel_length(n) for n in lengths], dtype=torch.long, device=device)
-    return mels, mel_lengths
+    return mels, [mel_length(n) for n in lengths]

@@ -4,6 +4,9 @@ The published decoder is QWen-v1 (vLLM 0.32 dropped its text-only QWen), which i
 bias on q/k/v only and plain RoPE up to `seq_length` 2048; weights.py maps its names onto vLLM's Qwen2, so
 continuous batching, chunked prefill, torch.compile and CUDA graphs apply unchanged. Each audio item's prompt
 span (processing.py) is overwritten with [bos, encoder output, eos] per <= 30 s piece.
+
+The tower (tower.py) runs a step without any host sync, in passes of similar length; it is plain torch, whole on
+every rank, so with tensor parallelism each rank encodes a share of the clips (model_plugins/data_parallel.py).
 """
 
 from collections.abc import Iterable
@@ -17,19 +20,20 @@ from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from model_plugins.data_parallel import run_sharded, use_data_parallel
 from model_plugins.decoder_plumbing import DecoderPlumbing
 
 from .audio_weights import OPTIONAL, published_shapes
 from .config import QWenAudioConfig
 from .encoder import QwenAudioEncoder
-from .frontend import log_mel
 from .processing import (
     QWenAudioDummyInputsBuilder,
     QWenAudioMultiModalProcessor,
     QWenAudioProcessingInfo,
     placeholder,
 )
-from .spans import MIN_PIECE_SAMPLES, clip_tokens, piece_bounds
+from .spans import clip_tokens
+from .tower import embed_clips
 from .weights import AUDIO_PREFIX, CheckpointSplit, decoder_weights, published_decoder_names
 
 if TYPE_CHECKING:
@@ -38,26 +42,13 @@ if TYPE_CHECKING:
 logger = init_logger(f"vllm.plugins.{__name__}")
 
 
-def split_pieces(waveforms: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
-    """Every clip's consecutive <= 30 s pieces (short ones zero-padded to the minimum), and pieces per clip."""
-    pieces, counts = [], []
-    for waveform in waveforms:
-        bounds = piece_bounds(int(waveform.shape[-1]))
-        for start, end in bounds:
-            piece = waveform[start:end]
-            if piece.shape[-1] < MIN_PIECE_SAMPLES:
-                piece = nn.functional.pad(piece, (0, MIN_PIECE_SAMPLES - piece.shape[-1]))
-            pieces.append(piece)
-        counts.append(len(bounds))
-    return pieces, counts
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     QWenAudioMultiModalProcessor,
     info=QWenAudioProcessingInfo,
     dummy_inputs=QWenAudioDummyInputsBuilder,
 )
 class QWenAudioForConditionalGeneration(DecoderPlumbing, nn.Module, SupportsMultiModal, SupportsPP):
+    supports_encoder_tp_data = True  # the tower is replicated: with TP its clips are sharded (data_parallel.py)
     packed_modules_mapping: ClassVar[dict[str, list[str]]] = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
@@ -81,6 +72,8 @@ class QWenAudioForConditionalGeneration(DecoderPlumbing, nn.Module, SupportsMult
             type(self).__qualname__,
             config.max_audio_seconds,
         )
+        # Plain torch layers, whole on every rank: with tensor parallelism each rank encodes a share of the clips.
+        self.encoder_data_parallel = use_data_parallel(vllm_config, replicated=True)
         with self._mark_tower_model(vllm_config, "audio"):
             self.audio = QwenAudioEncoder(config.audio, prefix=maybe_prefix(prefix, "audio"))
         with self._mark_language_model(vllm_config):
@@ -97,20 +90,16 @@ class QWenAudioForConditionalGeneration(DecoderPlumbing, nn.Module, SupportsMult
 
     def embed_audio(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         """list of (samples,) 16 kHz waveforms -> list of (span tokens of the clip, hidden): every piece's
-        [bos, encoder output, eos], pieces in order."""
-        pieces, counts = split_pieces(waveforms)
-        device = next(self.audio.parameters()).device
-        mels, mel_lengths = log_mel([p.to(device=device, dtype=torch.float32) for p in pieces])
-        spans = self.audio(mels, mel_lengths)
-        out, k = [], 0
-        for waveform, count in zip(waveforms, counts, strict=True):
-            joined = torch.cat(spans[k : k + count])
-            k += count
-            expected = clip_tokens(int(waveform.shape[-1]))
-            if joined.shape[0] != expected:  # the processor's count and the tower's must agree
-                raise RuntimeError(f"audio tower gave {joined.shape[0]} embeddings for a span of {expected}")
-            out.append(joined)
-        return out
+        [bos, encoder output, eos], pieces in order (tower.py); sharded over tensor-parallel ranks if any."""
+        if not (self.encoder_data_parallel and waveforms):
+            return self.embed_audio_local(waveforms)
+        tokens = [clip_tokens(int(w.shape[-1])) for w in waveforms]  # shapes only: host ints
+        hidden = self.audio.proj.out_features
+        return run_sharded(waveforms, tokens, tokens, self.embed_audio_local, hidden, self.audio.dtype)
+
+    def embed_audio_local(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """embed_audio on this rank alone (every clip here)."""
+        return embed_clips(self.audio, waveforms)
 
     def expected_tensors(self) -> set[str]:
         """Every published tensor name this config needs (decoder table + the audio tower's table, less the fixed

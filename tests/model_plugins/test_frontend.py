@@ -13,6 +13,7 @@ from model_plugins.midashenglm.frontend import LogMelFrontend
 from tests.model_plugins.conftest import load_model, tone
 from tests.model_plugins.legacy import per_clip_log_mel
 from tests.model_plugins.reference import reference_log_mel
+from tests.model_plugins.sync_trap import no_host_sync
 
 CPU = torch.device("cpu")
 # Clips of every shape class: shorter than a patch group, exactly one window, several windows.
@@ -43,6 +44,50 @@ def test_one_batched_stft_equals_one_stft_per_clip(tiny_model, monkeypatch, fram
     packed = encoder.front_end(clips)
     for i, clip in enumerate(clips):
         torch.testing.assert_close(clip_mel(packed, i), per_clip_log_mel(encoder, clip), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("frames_per_pass", [16 * 1008, 700])
+def test_bucketed_fft_lengths_leave_every_kept_frame_unchanged(tiny_model, monkeypatch, frames_per_pass):
+    """Rounding each pass up to a bucket only adds frames over the zeros after the packed signal (each clip is
+    reflect-padded, i.e. centred, before packing, so no kept frame reads them); those are dropped. Equal to the
+    unbucketed computation (float32, bitwise on this CPU; bound 1e-6 dB), floors included."""
+    monkeypatch.setattr(frontend, "STFT_FRAMES_PER_PASS", frames_per_pass)
+    front_end, clips = tiny_model.encoder.front_end, mixed_clips()
+    bucketed = front_end(clips)
+    monkeypatch.setattr(frontend, "fft_frames", lambda frames: frames)
+    exact = front_end(clips)
+    assert bucketed.frame_offsets == exact.frame_offsets and bucketed.frames == exact.frames
+    torch.testing.assert_close(bucketed.mels, exact.mels, atol=1e-6, rtol=0)
+
+
+def test_fft_lengths_come_from_a_few_buckets(tiny_model, monkeypatch):
+    """Whatever the clips, the STFT passes transform one of 13 frame counts (cuFFT plans are per size)."""
+    seen: set[int] = set()
+    stft = torch.stft
+
+    def spy(signal, *args, **kwargs):
+        out = stft(signal, *args, **kwargs)
+        seen.add(out.shape[-1])
+        return out
+
+    monkeypatch.setattr(torch, "stft", spy)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        seconds = rng.uniform(0.05, 60.0, size=rng.integers(1, 5))
+        tiny_model.encoder.front_end([torch.zeros(int(s * 16000)) for s in seconds])
+    assert seen <= {frontend.fft_frames(n) for n in range(1, 16 * 1008 + 1)}
+    assert len({frontend.fft_frames(n) for n in range(1, 16 * 1008 + 1)}) == 13
+    assert all(n <= frontend.fft_frames(n) <= max(256, 1.5 * n) for n in range(1, 16 * 1008 + 1))
+
+
+def test_the_front_end_never_makes_the_host_wait_for_the_device(encoder_config):
+    """Packing, bucketed STFT passes and per-clip floors on "meta" tensors inside the sync trap (see
+    tests/model_plugins/qwen_audio/test_tower.py): no value read back, no blocking or pageable copy."""
+    front_end = LogMelFrontend(encoder_config)
+    clips = [torch.zeros(int(s * 16000), device="meta") for s in [25.0, 2.0, 0.3, 12.0]]
+    with torch.inference_mode(), no_host_sync():
+        packed = front_end(clips)
+    assert packed.frames == [2501, 201, 31, 1201] and packed.mels.shape == (64, 3947)
 
 
 @pytest.mark.parametrize("seconds", [0.2, 1.0, 10.08])

@@ -51,6 +51,8 @@ def test_encoder_output_length_equals_placeholder_count(tiny_model):
 def test_several_clips_in_one_prompt(processor):
     out = process(processor, f"{AUDIO_PLACEHOLDER}{AUDIO_PLACEHOLDER}compare", [tone(1.0), tone(30.0)])
     assert [p.length for p in out["mm_placeholders"]["audio"]] == [5, 150]
+    # Every placeholder position is embedding: no per-clip is_embed mask (select_token_id built a tensor per clip).
+    assert all(p.is_embed is None and p.get_num_embeds() == p.length for p in out["mm_placeholders"]["audio"])
     assert out["prompt_token_ids"].count(audio_token_id(processor)) == 155
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_plugins.qwen_audio import encoder as encoder_module
+from model_plugins.qwen_audio import passes as passes_module
 from model_plugins.qwen_audio.audio_weights import audio_name, published_shapes
 from model_plugins.qwen_audio.encoder import QwenAudioEncoder, clip_sizes, sinusoids
 from model_plugins.qwen_audio.frontend import log_mel
@@ -83,7 +83,7 @@ def test_rows_follow_the_published_span_formula(encoder, batch):
     with torch.inference_mode():
         out = encoder(mels, lengths)
     assert [o.shape[0] for o in out] == EXPECTED_ROWS
-    assert [clip_sizes(m)[1] + 2 for m in lengths.tolist()] == EXPECTED_ROWS
+    assert [clip_sizes(m)[1] + 2 for m in lengths] == EXPECTED_ROWS
     # The processor's prompt span (spans.py, pure Python) must agree with what the tower gives.
     assert [span_tokens(round(s * 16000)) for s in SECONDS] == EXPECTED_ROWS
     assert all(o.shape[1] == TINY.output_dim for o in out)
@@ -95,7 +95,7 @@ def test_matches_the_eager_reference_from_the_raw_weights(encoder, weights, batc
     mels, lengths = batch
     with torch.inference_mode():
         out = encoder(mels, lengths)
-        for i, mel_len in enumerate(lengths.tolist()):
+        for i, mel_len in enumerate(lengths):
             expected = reference_encode(weights, mels[i], mel_len, heads=TINY.n_head)
             torch.testing.assert_close(out[i], expected, rtol=0, atol=2e-5, msg=f"clip {i} ({SECONDS[i]} s)")
             torch.testing.assert_close(out[i][[0, -1]], weights["audio_bos_eos_token.weight"], rtol=0, atol=0)
@@ -111,11 +111,12 @@ def test_a_clip_alone_equals_the_same_clip_in_a_batch(encoder, batch):
 
 
 def test_passes_of_sorted_clips_keep_the_input_order(encoder, batch, monkeypatch):
-    """With 2 clips per pass the six clips run in three passes, longest first; outputs come back in input order."""
+    """With one 30 s clip's frames per pass the six clips run in five passes, longest first; outputs come back in
+    input order."""
     mels, lengths = batch
     with torch.inference_mode():
         whole = encoder(mels, lengths)
-        monkeypatch.setattr(encoder_module, "CLIPS_PER_FORWARD", 2)
+        monkeypatch.setattr(passes_module, "FRAMES_PER_FORWARD", 1500)
         split = encoder(mels, lengths)
     assert [o.shape[0] for o in split] == EXPECTED_ROWS
     for a, b in zip(split, whole, strict=True):
@@ -126,7 +127,7 @@ def test_padding_frames_do_not_reach_the_outputs(encoder, batch):
     """Mel frames from 2T on (T = frames after the convs) may hold anything: the outputs stay the same."""
     mels, lengths = batch
     noisy = mels.clone()
-    for i, mel_len in enumerate(lengths.tolist()):
+    for i, mel_len in enumerate(lengths):
         noisy[i, :, 2 * clip_sizes(mel_len)[0] :] = torch.randn_like(noisy[i, :, 2 * clip_sizes(mel_len)[0] :]) * 5
     with torch.inference_mode():
         for a, b in zip(encoder(mels, lengths), encoder(noisy, lengths), strict=True):

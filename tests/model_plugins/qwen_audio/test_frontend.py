@@ -7,7 +7,7 @@ import torch
 from transformers.audio_utils import mel_filter_bank
 
 from model_plugins.qwen_audio import frontend
-from model_plugins.qwen_audio.frontend import log_mel, mel_filters
+from model_plugins.qwen_audio.frontend import frames_needed, log_mel, mel_filters
 from tests.model_plugins.conftest import tone
 from tests.model_plugins.qwen_audio.reference import reference_log_mel, slaney_mel_filters
 
@@ -28,10 +28,27 @@ def test_log_mel_matches_the_numpy_reference_in_one_padded_batch():
     waves = clips(SECONDS)
     mels, lengths = log_mel([torch.from_numpy(w) for w in waves])
     assert mels.shape == (len(waves), 80, 3000) and mels.dtype == torch.float32
-    assert lengths.tolist() == [w.size // 160 for w in waves] == [50, 100, 1000, 2999, 3000]
+    assert lengths == [w.size // 160 for w in waves] == [50, 100, 1000, 2999, 3000]
     for i, wave in enumerate(waves):
         expected = reference_log_mel(wave.astype(np.float64))
         np.testing.assert_allclose(mels[i].double().numpy(), expected, rtol=0, atol=1e-4, err_msg=f"clip {i}")
+
+
+def test_a_clip_s_own_frames_equal_the_published_30s_computation():
+    """Computing only frames_needed (a 0.5 s clip: 52 frames, not 3000) keeps the published values and floor: the
+    same frames as the 30 s window (float32, |diff| <= 1e-6) and the numpy reference's first frames."""
+    waves = [torch.from_numpy(w) for w in clips([0.5, 1.0, 3.33, 29.99, 30.0])] + [torch.zeros(1000)]
+    full, _ = log_mel(waves)
+    for wave, row in zip(waves, full, strict=True):
+        frames = frames_needed(wave.shape[0])
+        own, _ = log_mel([wave], frames)
+        assert own.shape == (1, 80, frames)
+        torch.testing.assert_close(own[0], row[:, :frames], rtol=0, atol=1e-6)
+        expected = reference_log_mel(wave.double().numpy())[:, :frames]
+        np.testing.assert_allclose(own[0].double().numpy(), expected, rtol=0, atol=1e-4)
+    assert [frames_needed(w.shape[0]) for w in waves] == [52, 102, 335, 3000, 3000, 8]
+    with pytest.raises(ValueError, match=r"need 52\.\.3000 mel frames"):
+        log_mel(waves[:1], 51)
 
 
 def test_mel_filters_follow_the_slaney_definition():
