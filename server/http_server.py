@@ -27,7 +27,8 @@ import httptools
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from server.app import configure_logging, create_app
 from server.config import Settings
@@ -151,6 +152,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self.app, self.limit_concurrency = app, limit
         else:
             super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        before = set(self.tasks)
+        super()._start_asgi_task(cycle, app)
+        for task in self.tasks - before:  # the one task just started (one event loop)
+            task.add_done_callback(lambda _: self._drop_if_stuck(cycle))
+
+    def _drop_if_stuck(self, cycle: RequestResponseCycle) -> None:
+        """The app gave up on a response its client stopped reading (server/write_clock.py): uvicorn's close
+        waits until the client takes the unsent rest, i.e. forever; drop the connection instead."""
+        if not cycle.response_complete and self.flow.write_paused:
+            self.transport.abort()
 
     def _is_probe(self) -> bool:
         try:

@@ -78,9 +78,8 @@ def within_bound(candidates: Sequence[Candidate], index: int, cost: float, epsil
 
 
 def request_tokens(work: RequestWork, default_output_tokens: int = 0) -> float:
-    """A request's work in tokens: its prefill plus the decode it may do."""
-    output = work.output_tokens if work.output_tokens is not None else default_output_tokens
-    return work.prefill_tokens + output
+    """A request's work in tokens: its prefill plus the decode it may do (every choice)."""
+    return work.prefill_tokens + work.decode_tokens(default_output_tokens)
 
 
 def _least(candidates: Sequence[Candidate], key: str) -> int:

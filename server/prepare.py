@@ -25,8 +25,10 @@ from server.context_budget import ContextBudget, requested_output, text_tokens_m
 from server.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
 from server.jsonguard import check_root, check_value_count, loads
 from server.model_facts import ModelFacts, facts_for
+from server.output_limits import check_output_limits, choices
 from server.schemas import AudioURLPart, ChatCompletionRequest, InputAudioPart
 from server.shared_audio import SharedAudioDir
+from server.structured import check_structured_output
 from server.urlguard import vet_audio_url
 from server.validate import AudioPart, audio_parts, check_request_fields, quoted, validation_error
 from server.work import NO_WORK, RequestWork, audio_key
@@ -83,6 +85,8 @@ def parse_chat(raw_body: bytes, settings: Settings) -> ChatJob:
     check_value_count(raw_body, settings.max_text_body_bytes)
     body = check_root(loads(raw_body))
     check_request_fields(body)
+    check_structured_output(body, settings)  # before any audio is decoded: bounds what an engine compiles
+    check_output_limits(body, settings)
     parts = audio_parts(body)
     if len(parts) > settings.max_clips_per_request:
         raise InvalidRequest(
@@ -210,6 +214,7 @@ def finish_chat(
         audio_tokens=audio_tokens,
         text_tokens=text_tokens,
         output_tokens=output[1] if output is not None else None,
+        choices=choices(job.body),
         affinity_key=key,
     )
     job.ingest_seconds = time.perf_counter() - start

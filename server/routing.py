@@ -30,6 +30,7 @@ from server.engine_load import EngineLoad, MetricsTooLarge, Report, read_report
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
 from server.policies import Candidate, make_policy, request_tokens
+from server.validate import quoted
 from server.work import NO_WORK, EngineWork, RequestWork
 
 log = logging.getLogger("server.routing")
@@ -53,6 +54,8 @@ class Engine:
     """Whether it answers ``/load`` (None: not asked yet)."""
     work: EngineWork = field(default_factory=lambda: EngineWork(0))
     """This gateway's outstanding work on it (tokens, audio seconds)."""
+    progress_at: float = float("-inf")
+    """``time.monotonic()`` when one of this gateway's requests on it last progressed (``EnginePool.progressed``)."""
 
     @property
     def outstanding(self) -> int:
@@ -136,7 +139,13 @@ class EnginePool:
                     cards = (await models.json(content_type=None))["data"]
                     engine.models = frozenset(m["id"] for m in cards)
                     engine.max_model_len = _max_model_lens(cards)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        except TimeoutError as exc:
+            ok = False
+            busy = not probe and not isinstance(exc, aiohttp.ConnectionTimeoutError) and self._busy(engine)
+            if busy:  # late, not failed: it is answering this gateway's requests
+                log.info("engine %s: health check timed out while it is busy; not counted", engine.name)
+                return
+        except (aiohttp.ClientError, ValueError, KeyError, TypeError):
             ok = False
         if ok:
             engine.failures = 0
@@ -147,6 +156,17 @@ class EnginePool:
             engine.failures += 1
             if probe or engine.failures >= self._settings.eject_after_failures or not engine.healthy:
                 self._set_health(engine, False)
+
+    def progressed(self, engine: Engine) -> None:
+        """One of this gateway's requests on ``engine`` progressed: answered, or its stream's first event came."""
+        engine.progress_at = time.monotonic()
+
+    def _busy(self, engine: Engine) -> bool:
+        """Whether ``engine`` holds this gateway's requests and one progressed within ``health_progress_grace_s``:
+        a vLLM API server busy building large answers (or many) answers ``/health`` late, and ejecting it for
+        that would only pile its load onto the others."""
+        grace = self._settings.health_progress_grace_s
+        return engine.outstanding > 0 and time.monotonic() - engine.progress_at <= grace
 
     async def _read_load(self, engine: Engine, timeout: aiohttp.ClientTimeout) -> None:
         """The engine's own count of its requests: ``/load`` (requests inside its API server, every gateway's),
@@ -302,6 +322,10 @@ class EnginePool:
     def served_models(self) -> list[str]:
         return sorted({m for e in self.engines.values() if e.healthy for m in e.models})
 
+    def known_models(self) -> frozenset[str]:
+        """Every model an engine has served (healthy or not); empty while no engine's models are known yet."""
+        return frozenset(m for e in self.engines.values() for m in e.models)
+
     # ------------------------------------------------------------------ slots
 
     async def acquire(self, model: str, exclude: frozenset[str] = frozenset(), work: RequestWork = NO_WORK) -> Engine:
@@ -318,8 +342,8 @@ class EnginePool:
                 ]
                 if not candidates:
                     if any(model in e.models for e in self.engines.values()) or not self._any_models_known():
-                        raise NoHealthyEngine(f"no healthy engine is serving model '{model}'")
-                    raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+                        raise NoHealthyEngine(f"no healthy engine is serving model {quoted(model)}")
+                    raise ModelNotFound(f"The model {quoted(model)} does not exist", param="model")
                 loads = [self.load(e) for e in candidates]
                 if any(load < e.capacity for e, load in zip(candidates, loads, strict=True)):
                     return self._take(candidates, loads, work, retry=bool(exclude))

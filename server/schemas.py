@@ -8,9 +8,9 @@ the engine-internal ones in ``server/validate.py``. These models also make the p
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
 class _Open(BaseModel):
@@ -66,6 +66,16 @@ class ChatCompletionRequest(_Open):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     chat_template_kwargs: dict[str, StrictStr | bool | int | float | None] | None = None
+    # Bounded by the gateway's settings before this model sees them (server/output_limits.py,
+    # server/structured.py); declared so that the OpenAPI schema, and the fuzzers reading it, know them.
+    n: StrictInt | None = None
+    best_of: StrictInt | None = None
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
 
 
 class TranscriptionForm(BaseModel):

@@ -37,7 +37,14 @@ class SharedAudioDir:
     def write(self, samples: np.ndarray) -> tuple[Path, str]:
         """Write one clip (synchronous: callers are in the ingest pool) → (path, file:// URL)."""
         path = self.root / f"{secrets.token_hex(16)}{_SUFFIX}"  # unguessable: the dir is shared with engines
-        path.write_bytes(encode_wav(samples))
+        data = encode_wav(samples)
+        try:
+            path.write_bytes(data)
+        except BaseException:
+            # A write that failed part-way (a full tmpfs) leaves a partial file no engine will read.
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            raise
         return path, path.as_uri()
 
     def try_write(self, samples: np.ndarray) -> tuple[Path, str] | None:

@@ -5,7 +5,10 @@ an engine that fails at any point (refuses the connection, answers 429 or 5xx, o
 mid-generation) has the whole request re-sent to another engine, from scratch, up to ``max_attempts`` engines.
 The failed engine's connection is closed (vLLM aborts its request) and its slot released before the next try:
 a request never runs on two engines at once. The deadline (``request_timeout_s``) is never retried: a read
-that waits that long answers 504.
+that waits that long answers 504. vLLM's retryable 500 (server/engine_errors.py) is first sent again to the
+same engine, once. A success larger than ``max_answer_bytes`` is not read on: the client gets a 400
+``answer_too_large`` (its request asked for that much), the engine's connection is closed and the engine is not
+blamed.
 
 Streams (``stream``): the same until the first SSE event has arrived. After that (server/engine_stream.py), a
 stream whose engine fails resumes on another engine with the text already sent (server/resume.py,
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import secrets
 import time
@@ -35,9 +37,11 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from server.config import Settings
+from server.engine_errors import is_retryable, openai_error_body, read_capped, retry_after
 from server.engine_stream import TRANSPORT_ERRORS, Call, EngineStream, Leg
 from server.errors import GatewayError, GatewayTimeout, NoHealthyEngine, Overloaded, UpstreamError
 from server.metrics import Metrics
+from server.output_limits import AnswerTooLarge
 from server.resume import Resume, StreamText, resume_body
 from server.routing import Engine, EnginePool
 from server.sse import EventTooLarge, sse_events
@@ -47,10 +51,6 @@ log = logging.getLogger("server.upstream")
 
 _ENGINE_AUTH = frozenset({401, 403, 407})
 """4xx that say the gateway (not the client) is misconfigured for that engine: another engine may take it."""
-_ERROR_BODY_BYTES = 64 * 1024
-"""Of an engine's error answer, only this much is read (and logged or rebuilt)."""
-_MAX_MESSAGE_CHARS = 2000
-_MAX_RETRY_AFTER_S = 3600
 _INLINE_BODY = 64 * 1024
 """A resumed request's body is rebuilt in a worker thread beyond this size."""
 
@@ -146,13 +146,18 @@ class Upstream:
     ) -> UpstreamReply | None:
         """An answer that is not a success (for a stream: not a 200): a client error to relay (returned), or a
         reason to try another engine (None)."""
-        body = await _read_capped(resp)
+        return self._judge(engine, resp, await read_capped(resp), attempts, request_id)
+
+    def _judge(
+        self, engine: Engine, resp: aiohttp.ClientResponse, body: bytes, attempts: _Attempts, request_id: str
+    ) -> UpstreamReply | None:
+        """``_refused`` for an error answer already read."""
         status = resp.status
         if 400 <= status < 500 and status != 429 and status not in _ENGINE_AUTH:
             return UpstreamReply(status, openai_error_body(status, body), "application/json")
         if status == 429:
             self._metrics.upstream_errors.labels("status_429").inc()
-            attempts.retry_after_s.append(_retry_after(resp, self._settings.retry_after_s))
+            attempts.retry_after_s.append(retry_after(resp, self._settings.retry_after_s))
             log.info("request %s: engine %s is busy (429)", request_id, engine.name)
             return None
         self._metrics.upstream_errors.labels("status_5xx" if status >= 500 else "status_other").inc()
@@ -205,24 +210,71 @@ class Upstream:
         """POST and read the whole answer, retrying on another engine on transport errors, 429 and 5xx."""
         attempts = _Attempts()
         async for engine in self._engines(model, deadline, work):
-            reply: UpstreamReply | None = None
             try:
-                async with self._session.post(
-                    engine.url + path, data=body, timeout=self._timeout(deadline), headers=self._headers(request_id)
-                ) as resp:
-                    if 200 <= resp.status < 300:
-                        return UpstreamReply(resp.status, await resp.read(), _content_type(resp))
-                    reply = await self._refused(engine, resp, attempts, request_id)
-            except TRANSPORT_ERRORS as exc:
-                if _kind(exc) == "timeout":  # each read may wait until the deadline: this is the deadline
-                    raise GatewayTimeout("the request timed out") from None
-                self._failed(engine, exc, request_id)
-                continue
+                reply = await self._post_to(engine, path, body, deadline, request_id, attempts)
             finally:
                 self._pool.release(engine, work)
             if reply is not None:
                 return reply
         raise attempts.error()
+
+    async def _post_to(
+        self, engine: Engine, path: str, body: bytes, deadline: float, request_id: str, attempts: _Attempts
+    ) -> UpstreamReply | None:
+        """One engine's answer to relay; None: try another engine. vLLM's retryable 500 is sent again to the same
+        engine once first (server/engine_errors.py)."""
+        for again in (True, False):
+            try:
+                async with self._session.post(
+                    engine.url + path, data=body, timeout=self._timeout(deadline), headers=self._headers(request_id)
+                ) as resp:
+                    if 200 <= resp.status < 300:
+                        answer = await self._read_answer(engine, resp, request_id)
+                        self._pool.progressed(engine)
+                        return UpstreamReply(resp.status, answer, _content_type(resp))
+                    error = await read_capped(resp)
+                    if again and is_retryable(resp.status, error):
+                        self._metrics.upstream_errors.labels("status_5xx").inc()
+                        log.info(
+                            "request %s: engine %s asked for a retry (%s); sent again",
+                            request_id,
+                            engine.name,
+                            resp.status,
+                        )
+                        continue
+                    return self._judge(engine, resp, error, attempts, request_id)
+            except TRANSPORT_ERRORS as exc:
+                if _kind(exc) == "timeout":  # each read may wait until the deadline: this is the deadline
+                    raise GatewayTimeout("the request timed out") from None
+                self._failed(engine, exc, request_id)
+                return None
+        return None  # not reached: the second try always returns
+
+    async def _read_answer(self, engine: Engine, resp: aiohttp.ClientResponse, request_id: str) -> bytes:
+        """A success's body, at most ``max_answer_bytes``; past it the connection is closed (vLLM aborts whatever
+        is left of the request) and the client told its request asked for too much. The engine did its job: it
+        is neither suspected nor is the request tried elsewhere."""
+        limit = self._settings.max_answer_bytes
+        if resp.content_length is not None and resp.content_length <= limit:
+            return await resp.read()
+        out = bytearray()
+        while resp.content_length is None and len(out) <= limit:
+            chunk = await resp.content.readany()
+            if not chunk:
+                return bytes(out)
+            out += chunk
+        resp.close()
+        log.warning(
+            "request %s: engine %s answered more than %d bytes (%s); refused",
+            request_id,
+            engine.name,
+            limit,
+            resp.content_length or "chunked",
+        )
+        raise AnswerTooLarge(
+            f"the answer to this request is larger than this gateway relays ({limit} bytes); stream it "
+            "(stream: true), or ask for fewer choices (n), logprobs or tokens (max_tokens)"
+        )
 
     async def stream(
         self,
@@ -267,6 +319,7 @@ class Upstream:
                 first = await anext(events)
                 handed_over = True
                 self._pool.first_token(engine, call.work)
+                self._pool.progressed(engine)
                 return Leg(engine, resp, first, events)
             except TRANSPORT_ERRORS as exc:
                 if _kind(exc) == "timeout":  # each read may wait until the deadline: this is the deadline
@@ -287,47 +340,3 @@ class Upstream:
 
 def _content_type(resp: aiohttp.ClientResponse) -> str:
     return resp.headers.get("content-type", "application/json")
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """At most ``_ERROR_BODY_BYTES`` of an answer (the rest is dropped with the connection)."""
-    out = bytearray()
-    while len(out) < _ERROR_BODY_BYTES:
-        chunk = await resp.content.read(_ERROR_BODY_BYTES - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
-def _retry_after(resp: aiohttp.ClientResponse, default: int) -> int:
-    value = resp.headers.get("retry-after", "").strip()
-    return min(int(value), _MAX_RETRY_AFTER_S) if value.isascii() and value.isdigit() else default
-
-
-def openai_error_body(status: int, raw: bytes) -> bytes:
-    """An engine's 4xx body → ``{"error": {"message", "type", "param", "code"}}`` of strings (or null).
-
-    vLLM answers ``{"error": {...}}`` (older versions a flat ``{"object": "error", ...}``) with its own ``type``
-    names and an integer ``code``; anything else (HTML from a proxy, bad JSON) gets a generic message."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        doc = None
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if not isinstance(err, dict):
-        err = doc if isinstance(doc, dict) and doc.get("object") == "error" else {}
-    message = err.get("message")
-    if not isinstance(message, str) or not message.strip():
-        message = f"the engine rejected the request (HTTP {status})"
-    param, code = err.get("param"), err.get("code")
-    return json.dumps(
-        {
-            "error": {
-                "message": message[:_MAX_MESSAGE_CHARS],
-                "type": "invalid_request_error",
-                "param": param[:200] if isinstance(param, str) else None,
-                "code": code[:100] if isinstance(code, str) and code else "invalid_request",
-            }
-        }
-    ).encode()

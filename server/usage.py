@@ -43,3 +43,26 @@ def _skip(doc: bytes, i: int) -> int:
     while i < len(doc) and doc[i] in _WHITESPACE:
         i += 1
     return i
+
+
+USAGE_ONLY = b'"choices":[]'
+"""What marks a stream's usage chunk (``stream_options.include_usage``), as vLLM writes it."""
+_MEMBER = b',"usage":{'
+
+
+def without_usage(event: bytes) -> bytes:
+    """One SSE event with its ``usage`` member cut (usage of every event, ``continuous_usage_stats``, that the
+    gateway asked for and the client did not); the event itself when it has none as vLLM writes it. The member
+    is found as in ``with_audio_seconds``; a usage object holds only numbers and objects of numbers, so its end
+    is the brace that closes it."""
+    at = event.rfind(_MEMBER)
+    if at < 0:
+        return event
+    end, depth = at + len(_MEMBER), 1
+    while depth:
+        close = event.find(b"}", end)
+        if close < 0:
+            return event
+        depth += event.count(b"{", end, close) - 1
+        end = close + 1
+    return event[:at] + event[end:]

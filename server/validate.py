@@ -29,6 +29,9 @@ DENIED_FIELDS: dict[str, str] = {
     "vllm_xargs": "engine extension arguments",
     "logits_processors": "engine-side logits processor classes",
     "prompt_embeds": "prompt embeddings (the engine deserialises tensors)",
+    # It can cut into a clip's placeholder tokens (vLLM 0.32 then fails an assertion: 500), and a prompt the
+    # engine may shorten escapes the gateway's context check.
+    "truncate_prompt_tokens": "prompt truncation by the engine",
 }
 # chat_template_kwargs names that would replace what the gateway validated (the template, messages, tools).
 RESERVED_TEMPLATE_KWARGS = frozenset(

@@ -29,13 +29,21 @@ class RequestWork:
     text_tokens: int = 0
     """Estimated prompt tokens of its text."""
     output_tokens: int | None = None
-    """Tokens it may decode (``max_completion_tokens`` / ``max_tokens``); None: not limited by the request."""
+    """Tokens it may decode per choice (``max_completion_tokens`` / ``max_tokens``); None: not limited by the
+    request."""
+    choices: int = 1
+    """Sequences it decodes (``n``): the engine decodes each, though the request holds one slot."""
     affinity_key: bytes | None = None
     """Identifies the request's first clip (None: no audio)."""
 
     @property
     def prefill_tokens(self) -> int:
         return self.audio_tokens + self.text_tokens
+
+    def decode_tokens(self, default_output_tokens: int) -> int:
+        """Tokens it may decode, every choice; ``default_output_tokens`` per choice without a limit."""
+        per_choice = self.output_tokens if self.output_tokens is not None else default_output_tokens
+        return per_choice * self.choices
 
 
 NO_WORK = RequestWork()
@@ -70,7 +78,7 @@ class EngineWork:
     requests: int = 0
 
     def output(self, work: RequestWork) -> int:
-        return work.output_tokens if work.output_tokens is not None else self.default_output_tokens
+        return work.decode_tokens(self.default_output_tokens)
 
     @property
     def tokens(self) -> int:

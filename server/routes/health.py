@@ -1,11 +1,34 @@
+"""Liveness, readiness and metrics.
+
+``/metrics`` and ``/ready``'s details name the engines (``host:port`` labels) and the models served: with
+``protect_details`` on (by default, whenever API keys are set) they need a key like ``/v1/``; ``/ready``'s
+status (200 or 503) stays open to probes, which carry no key.
+"""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.errors import NoHealthyEngine
+from server.config import Settings
+from server.errors import NoHealthyEngine, Unauthorized
+from server.middleware import check_api_key
 
 router = APIRouter()
+
+
+def _protected(settings: Settings) -> bool:
+    return bool(settings.api_keys) if settings.protect_details is None else settings.protect_details
+
+
+def _may_see_details(request: Request, settings: Settings) -> bool:
+    if not _protected(settings):
+        return True
+    try:
+        check_api_key(request.headers.get("authorization"), settings.api_keys)
+    except Unauthorized:
+        return False
+    return True
 
 
 @router.get("/health")
@@ -16,13 +39,19 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request) -> dict:
-    """At least one engine is healthy; else 503."""
-    pool = request.app.state.gateway.pool
+    """At least one engine is healthy; else 503. The engine count and models only to those who may see them."""
+    gateway = request.app.state.gateway
+    pool = gateway.pool
     if not pool.ready():
         raise NoHealthyEngine("no healthy engine")
+    if not _may_see_details(request, gateway.settings):
+        return {"status": "ready"}
     return {"status": "ready", "engines": sum(e.healthy for e in pool.engines.values()), "models": pool.served_models()}
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    gateway = request.app.state.gateway
+    if _protected(gateway.settings):
+        check_api_key(request.headers.get("authorization"), gateway.settings.api_keys)  # 401 without a valid key
+    return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,25 @@ def test_cpu_build(clean_env) -> None:
         "--enable-server-load-tracking",
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
     )  # fmt: skip
-    assert launch.env == {"VLLM_MAX_AUDIO_DECODE_DURATION_S": "600", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
+    assert launch.env == {
+        "VLLM_MAX_AUDIO_DECODE_DURATION_S": "600",
+        "VLLM_MAX_AUDIO_CLIP_FILESIZE_MB": "37",  # 601 s of 16 kHz float32: 36.7 MiB (vLLM's default is 25)
+        "VLLM_MAX_AUDIO_DECODE_BYTES": str(37 * 1024 * 1024),
+        "VLLM_REGEX_COMPILATION_TIMEOUT_S": "10",
+        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",
+    }
+
+
+@pytest.mark.parametrize("seconds", [0.5, 30, 400, 450, 600, 1800.5, 7200])
+def test_engine_audio_limits_follow_the_longest_clip(clean_env, seconds) -> None:
+    """The gateway forwards at most a 16 kHz mono float32 WAV (64,000 bytes a second and a 44-byte header): vLLM's
+    file-size and decoded-bytes limits hold the longest one, with a second and under 1 MiB to spare."""
+    env = engine_launch(EngineSettings(model_path="/m", max_audio_seconds=seconds), cpu=True).env
+    limit = int(env["VLLM_MAX_AUDIO_CLIP_FILESIZE_MB"]) * 1024 * 1024
+    longest = 44 + math.ceil(seconds) * 64_000
+    assert longest + 64_000 <= limit < longest + 64_000 + 1024 * 1024
+    assert int(env["VLLM_MAX_AUDIO_DECODE_BYTES"]) == limit  # the float32 PCM vLLM decodes it into
+    assert (limit > 25 * 1024 * 1024) == (seconds > 409)  # vLLM's default 25 MB holds 409 s at most
 
 
 def test_cuda_build_keeps_vllm_defaults_unless_set(clean_env) -> None:
@@ -66,6 +85,7 @@ def test_one_environment_configures_gateway_and_engine(clean_env, tmp_path) -> N
     argv = list(launch.argv)
     assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"max_audio_seconds": 1800.5}
     assert launch.env["VLLM_MAX_AUDIO_DECODE_DURATION_S"] == "1801"  # vLLM takes whole seconds: never below ours
+    assert launch.env["VLLM_MAX_AUDIO_CLIP_FILESIZE_MB"] == "110"  # 1802 s of 16 kHz float32: 109.98 MiB
     assert argv[argv.index("--allowed-local-media-path") + 1] == str(tmp_path)
     assert argv[argv.index("--max-num-seqs") + 1] == "48"
 

@@ -19,10 +19,11 @@ from alm.processes import free_port
 
 
 @contextmanager
-def serve(app, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a daemon thread (lifespan included); yields its base URL."""
-    port = port or free_port()
-    config = uvicorn.Config(
+def serve(app, port: int | None = None, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a daemon thread (lifespan included); yields its base URL. ``config``: served
+    as given instead (its app, host and port), e.g. the gateway's own ``server.http_server.uvicorn_config``."""
+    port = config.port if config is not None else port or free_port()
+    config = config or uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
     )
     server = uvicorn.Server(config)
@@ -67,6 +68,8 @@ class FakeEngine:
     headers: dict[str, str] = field(default_factory=dict)
     healthy: bool = True
     stream_events: int = 3
+    event_padding: int = 0
+    """Characters added to each ``ok`` stream event's content (large events fill a client's socket buffers)."""
     event_delay_s: float = 0.0
     stall_after: int | None = None
     die_after: int | None = None
@@ -201,7 +204,9 @@ class FakeEngine:
                 "id": "c",
                 "object": "chat.completion.chunk",
                 "model": self.model,
-                "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
+                "choices": [
+                    {"index": 0, "delta": {"content": f"t{i} " + "x" * self.event_padding}, "finish_reason": None}
+                ],
             }
             yield f"data: {json.dumps(chunk)}\n\n".encode()
             await asyncio.sleep(self.event_delay_s)

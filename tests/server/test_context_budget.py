@@ -189,13 +189,6 @@ def test_knobs_turn_the_audio_check_off(start_fake, start_gateway, overrides: di
     assert len(fake.bodies) == 1
 
 
-def test_truncate_prompt_tokens_leaves_the_judgement_to_the_engine(start_fake, start_gateway) -> None:
-    fake, url = start_fake(max_model_len=100)
-    gw = start_gateway([url])
-    assert post(gw, chat_body(M, clip(10.0), max_tokens=60, truncate_prompt_tokens=40)).status_code == 200
-    assert len(fake.bodies) == 1
-
-
 def test_smallest_length_among_a_models_engines_wins(start_fake, start_gateway) -> None:
     small, small_url = start_fake(max_model_len=100)
     large, large_url = start_fake(max_model_len=1000)

@@ -225,7 +225,12 @@ def test_bad_input_corpus(gateway: str, engine_server, body, status: int, code: 
 
 
 def test_still_serving_after_corpus(client: openai.OpenAI, engine_server, gateway: str) -> None:
-    resp = httpx.post(gateway + "/v1/chat/completions", content=b"x" * 3_000_000, timeout=60)
+    resp = httpx.post(
+        gateway + "/v1/chat/completions",
+        content=b"x" * 3_000_000,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
     empty = httpx.post(
         gateway + "/v1/audio/transcriptions", files={"file": ("a.wav", b"")}, data={"model": engine_server.model}

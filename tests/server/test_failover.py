@@ -218,7 +218,8 @@ def test_clip_files_live_until_a_resumed_stream_ends(stack: ExitStack, tmp_path:
 
 def test_tracking_reads_escaped_text_and_runs_of_events() -> None:
     events = script(A_ID, A_CREATED, WORDS)
-    text = StreamText(events[0] + events[1])  # a first run of two events: the role delta and a token
+    text = StreamText()
+    text.begin(events[0] + events[1])  # a first run of two events: the role delta and a token
     for run in (events[2] + events[3], *events[4:]):
         assert text.feed(run) is run  # the first engine's events pass untouched
     assert text.sent_text() == "".join(WORDS) and text.tokens == len(WORDS) + 1  # + the finish chunk's
@@ -226,7 +227,8 @@ def test_tracking_reads_escaped_text_and_runs_of_events() -> None:
 
 
 def test_a_resumed_engine_reads_as_the_first() -> None:
-    text = StreamText(script(A_ID, A_CREATED, [])[0])
+    text = StreamText()
+    text.begin(script(A_ID, A_CREATED, [])[0])
     text.feed(chunk(A_ID, A_CREATED, {"content": "a"}))
     b = script(B_ID, B_CREATED, ["b"], usage={"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11})
     assert text.resumed(b[0] + b[1]) == chunk(A_ID, A_CREATED, {"content": "b"})  # role delta dropped
@@ -245,6 +247,7 @@ def test_the_resume_body_and_what_is_resumable() -> None:
     out = json.loads(resume_body(json.dumps(body).encode(), 'it "is"', 4))
     assert out["messages"][-1] == {"role": "assistant", "content": 'it "is"'}
     assert (out["max_tokens"], out["max_completion_tokens"], out["min_tokens"]) == (6, 8, 1)
-    assert resume_plan(body) is not None and resume_plan(body).limit == 10  # type: ignore[union-attr]
+    plan = resume_plan(body)
+    assert plan is not None and plan.limit == 12  # vLLM's limit: max_completion_tokens, when set
     for bad in ({"tools": [{"type": "function"}]}, {"n": 3}, {"echo": True}, {"continue_final_message": True}):
         assert resume_plan({**body, **bad}) is None

@@ -177,7 +177,9 @@ def test_auth(start_fake, start_gateway, keys: list[str]) -> None:
         if not ok:
             assert error_of(resp)["code"] == "invalid_api_key"
     assert httpx.get(gw + "/health").status_code == 200
-    assert httpx.get(gw + "/metrics").status_code == 200
+    # With keys, /metrics needs one too (protect_details; tests/server/test_hostile_round2.py).
+    assert httpx.get(gw + "/metrics").status_code == (401 if keys else 200)
+    assert httpx.get(gw + "/metrics", headers={"authorization": "Bearer k2"}).status_code == 200
 
 
 def test_metrics_exist_at_zero_and_count(start_fake, start_gateway) -> None:

@@ -6,6 +6,9 @@ import asyncio
 import socket
 
 import pytest
+from fakes import serve
+from fastapi import FastAPI
+from fastapi.responses import Response
 from prometheus_client import generate_latest
 
 from server.config import load_settings
@@ -96,6 +99,55 @@ async def test_health_checks_eject_and_readmit(start_fake, session) -> None:
     fake.healthy = True
     await pool.check_all()
     assert engine.healthy and pool.ready()
+
+
+def slow_health_engine(delay_s: list[float]) -> FastAPI:
+    """An engine serving model "m" whose ``/health`` answers after ``delay_s[0]`` seconds."""
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> Response:
+        await asyncio.sleep(delay_s[0])
+        return Response(status_code=200)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("holds", "progressed", "probe", "ejected"),
+    [
+        (True, True, False, False),  # busy answering this gateway's requests: a late /health is not a failure
+        (True, False, False, True),  # holds requests but none progressed within the grace: hung
+        (False, True, False, True),  # idle: late is a failure
+        (True, True, True, True),  # a probe (a request to it failed in transport) is strict
+    ],
+)
+async def test_a_late_health_check_of_a_busy_engine_does_not_eject_it(
+    stack, session, holds: bool, progressed: bool, probe: bool, ejected: bool
+) -> None:
+    """The review's finding: an engine building a 90 MB answer took over 10 s to answer /health and was ejected."""
+    delay_s = [0.0]
+    url = stack.enter_context(serve(slow_health_engine(delay_s)))
+    settings = load_settings(engine_urls=[url], health_timeout_s=0.3, eject_after_failures=2, engine_load_metrics=False)
+    pool = EnginePool(settings, session, Metrics())
+    await pool.check_all()
+    engine = pool.engines[url]
+    assert engine.healthy
+    if holds:
+        await pool.acquire("m")
+    if progressed:
+        pool.progressed(engine)
+    delay_s[0] = 1.0
+    for _ in range(2):
+        await pool.check(engine, probe=probe)
+    assert engine.healthy is not ejected
+    delay_s[0] = 0.0
+    await pool.check(engine)
+    assert engine.healthy  # answering in time again: healthy either way
 
 
 async def test_dns_expansion(start_fake, session) -> None:
