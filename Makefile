@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml scripts/setup-venv.sh
 serve: $(STAMP)
 	$(VENV)/bin/alm serve $(ARGS)
 
-# Quality gates first (seconds), then every test (the `containers` ones included: they build and run the image).
+# Quality gates first (seconds: lint, format, types, import rules), then every test (the `containers` ones included: they build and run the image).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	@if [ -x scripts/install-test-tools.sh ]; then scripts/install-test-tools.sh; fi
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -32,9 +32,9 @@ NO_URL_FETCHING = "(engine URL fetching disabled by alm)"
 """vLLM's allow-list compares a URL's host with each entry, and an empty list allows every host. No URL host can
 equal this one (it holds spaces), so an engine given it fetches nothing."""
 FORWARDED_RATE, FORWARDED_SAMPLE_BYTES, WAV_HEADER_BYTES, MIB = 16_000, 4, 44, 1024 * 1024
-"""What the gateway forwards: a 16 kHz mono WAV of float32 samples at most (server/audio.py ``encode_wav``). vLLM's
-audio file-size and decoded-bytes limits are set for the longest such clip (``forwarded_clip_mib``), which also keeps
-an engine from decoding more than that for a request sent straight to it."""
+"""What the gateway forwards: a 16 kHz mono WAV of float32 samples at most (server/ingest/audio/clip.py ``encode_wav``).
+vLLM's audio file-size and decoded-bytes limits are set for the longest such clip (``forwarded_clip_mib``), which also
+keeps an engine from decoding more than that for a request sent straight to it."""
 REGEX_COMPILE_TIMEOUT_S = 10
 """vLLM's only structured-output compile limit (plain regexes; JSON schemas and grammars have none). The gateway
 bounds every spec so that even its worst allowed regex compiles well within it (bench/structured_compile.py): this is
@@ -138,7 +138,7 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
         json.dumps(hf_overrides),
         "--allowed-media-domains",
         NO_URL_FETCHING,
-        "--enable-server-load-tracking",  # /load: the gateway routes by it (server/routing.py)
+        "--enable-server-load-tracking",  # /load: the gateway routes by it (server/routing/pool.py)
     ]
     if settings.shared_audio_dir:
         argv += ["--allowed-local-media-path", settings.shared_audio_dir]

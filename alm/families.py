@@ -8,7 +8,7 @@ would break every other model's imports), and only Omni engines get it on their 
 ship a working torchvision: there nothing is added.
 
 ``checkpoint_facts`` reads what the gateway must know about a checkpoint's audio (its family and the clip length
-its feature extractor keeps) for ``ALM_MODEL_FACTS`` (server/model_facts.py holds the family defaults).
+its feature extractor keeps) for ``ALM_MODEL_FACTS`` (server/families/facts.py holds the family defaults).
 """
 
 from __future__ import annotations

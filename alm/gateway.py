@@ -24,8 +24,8 @@ def gateway_argv(host: str, port: int) -> list[str]:
 
 
 def run_gateway(address: GatewayAddress) -> int:
+    from server.api.http_server import serve_gateway
     from server.config import load_settings
-    from server.http_server import serve_gateway
 
     serve_gateway(load_settings(), address.host, address.port)
     return 0

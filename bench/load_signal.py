@@ -7,7 +7,7 @@ One tiny MiDashengLM engine started by the engine contract (which turns on ``--e
 ``--clients`` threads each send chat requests with a ``--audio-seconds`` tone back to back, so the engine always
 has about that many requests in flight. Prints the mean of each signal over the samples: requests in vLLM's API
 server (audio loading, processing, detokenising) are in ``/load`` but not in the scheduler's gauges, which is why
-the gateway routes by ``/load`` (server/routing.py).
+the gateway routes by ``/load`` (server/routing/pool.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Compile time of the worst structured-output specs the gateway allows (server/structured.py) vs trivial ones, with
-xgrammar as vLLM 0.32's default backend calls it, on a synthetic 151k-token vocabulary (Qwen2's size: compile cost
+"""Compile time of the worst structured-output specs the gateway allows (server/guards/structured.py) vs trivial ones,
+with xgrammar as vLLM 0.32's default backend calls it, on a synthetic 151k-token vocabulary (Qwen2's size: compile cost
 grows with the vocabulary, and no real tokenizer is downloadable here).
 
     .venv/bin/python -m bench.structured_compile [--threads N]
@@ -17,7 +17,7 @@ import xgrammar as xgr
 from vllm.v1.structured_output.backend_xgrammar import choice_as_grammar
 
 from server.config import load_settings
-from server.structured import StructuredLimits
+from server.guards.structured import StructuredLimits
 from tests.server.corpus.structured import schema_format, worst_allowed
 
 VOCAB_SIZE = 151_000

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.model_facts import DEFAULT_CHOICES, ModelFacts, parse_facts
+from server.families.facts import DEFAULT_CHOICES, ModelFacts, family_facts, parse_facts
 
 MiB = 1024 * 1024
 DEFAULT_MAX_NUM_SEQS = 256
@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     max_queued_audio_seconds: float = Field(3600.0, ge=0)
     """Seconds of audio per model this gateway holds queued (admitted, engine not answering yet: in the gateway's
     queue, the engine's queue or prefill); a request with audio beyond it → 429 ``audio_backlog`` with a
-    Retry-After from the measured drain rate (server/backlog.py). 0 → no bound. The default, an hour of audio, is
-    about 5 s of work for one GPU engine at MiDashengLM's published batch throughput (25 requests of 30 s per
+    Retry-After from the measured drain rate (server/routing/backlog.py). 0 → no bound. The default, an hour of
+    audio, is about 5 s of work for one GPU engine at MiDashengLM's published batch throughput (25 requests of 30 s per
     second), so a GPU deployment's bursts never meet it; for slower engines (CPU) lower it to what they drain
     well within ``request_timeout_s``."""
     request_timeout_s: float = Field(600.0, gt=0)
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     """Engines tried per request: before anything reached the client, and for a stream also after (failover)."""
     stream_failover: bool = True
     """A stream whose engine fails after its first event resumes on another engine (the text already sent
-    continued as the final assistant message; server/resume.py): the client sees one uninterrupted stream. Off →
+    continued as the final assistant message; server/relay/resume.py): the client sees one uninterrupted stream. Off →
     such a stream ends with an SSE error event."""
 
     # --- engine load ---
@@ -77,12 +77,12 @@ class Settings(BaseSettings):
     """Every health round, read ``vllm:num_requests_running`` and ``vllm:num_requests_waiting`` from each
     engine's ``/metrics``: routing and admission then count every gateway's requests, not only this one's."""
     engine_load_smoothing: float = Field(0.2, gt=0, le=1)
-    """Weight of each report's other-gateway requests against the earlier reports' (server/engine_load.py):
+    """Weight of each report's other-gateway requests against the earlier reports' (server/routing/load.py):
     lower damps herding between gateways, 1 reacts to each report in full."""
     engine_metrics_max_bytes: int = Field(4 * MiB, ge=4096)
     """Most of an engine's ``/metrics`` answer read per round (reading stops once both series are in hand)."""
 
-    # --- routing (server/policies.py, docs/routing.md) ---
+    # --- routing (server/routing/policies.py, docs/routing.md) ---
     routing: Literal["least-request", "least-work", "affinity", "affinity-least-work"] = "affinity-least-work"
     """Which healthy engine takes a request: fewest requests; least work (audio + text prefill tokens not done yet
     + decode tokens outstanding); the engine rendezvous hashing of the request's first clip picks (multi-turn
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     connection to a loopback address only loopback names (a web page cannot reach a gateway on localhost through
     a rebound DNS name), elsewhere any. A Host not allowed → 403 ``bad_host``."""
 
-    # --- HTTP server (alm gateway; server/http_server.py) ---
+    # --- HTTP server (alm gateway; server/api/http_server.py) ---
     http_max_header_bytes: int = Field(32 * 1024, ge=1024)
     """Request line + headers of one request; more → 431 and the connection is closed."""
     http_header_timeout_s: float = Field(10.0, gt=0)
@@ -179,11 +179,11 @@ class Settings(BaseSettings):
     # --- context budget ---
     context_check: bool = True
     """Refuse (400 ``context_length_exceeded``) a chat whose audio tokens + text tokens (a lower bound) + requested
-    output exceed the model's max model length, before any engine works on it (server/context_budget.py). The
+    output exceed the model's max model length, before any engine works on it (server/ingest/context_budget.py). The
     length comes from the engines' ``/v1/models`` (``max_model_len``; the smallest among a model's engines);
     unknown → no check."""
     model_facts: Annotated[dict[str, ModelFacts], NoDecode] = Field(default_factory=dict)
-    """Served model name → its family and audio facts (server/model_facts.py), JSON: ``{"name": "qwen2-audio"}``
+    """Served model name → its family and audio facts (server/families/facts.py), JSON: ``{"name": "qwen2-audio"}``
     or ``{"name": {"family": "qwen2-audio", "max_clip_seconds": 30}}``. ``alm serve`` fills it in from the
     checkpoints; a model not named here gets ``audio_token_model``'s facts."""
     audio_token_model: str = "midashenglm"
@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     MiDashengLM: "Transcribe the audio.")."""
     transcription_max_tokens: int = Field(448, ge=1)
 
-    # --- structured output (server/structured.py): what an engine may be asked to compile, per request ---
+    # --- structured output (server/guards/structured.py): what an engine may be asked to compile, per request ---
     max_schema_bytes: int = Field(64 * 1024, ge=1024)
     """Serialised size of the request's JSON schemas together (response_format, structured_outputs, tools)."""
     max_schema_depth: int = Field(32, ge=4, le=64)
@@ -222,7 +222,7 @@ class Settings(BaseSettings):
     max_choices: int = Field(256, ge=1)
     """Entries of ``structured_outputs.choice``."""
 
-    # --- answer bounds (server/output_limits.py; issue 17) ---
+    # --- answer bounds (server/guards/output.py; issue 17) ---
     max_n: int = Field(16, ge=1)
     """Most choices (``n``, and ``best_of``) one chat request may ask for; more → 400 ``integer_above_max_value``.
     Each choice is a sequence the engine decodes, and the request holds one slot however many it asks."""
@@ -311,6 +311,10 @@ class Settings(BaseSettings):
     @property
     def body_bytes_per_client(self) -> int:
         return self.max_body_bytes_per_client or max(self.body_bytes_in_flight // 2, self.max_body_bytes)
+
+    def facts_for(self, model: str) -> ModelFacts:
+        """The facts of the model a request names; models ``model_facts`` does not name get the default family's."""
+        return self.model_facts.get(model) or family_facts(self.audio_token_model)
 
     @property
     def engine_capacity(self) -> int:

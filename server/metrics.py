@@ -132,7 +132,7 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        # Audio per served model (server/backlog.py); series created by add_model().
+        # Audio per served model (server/routing/backlog.py); series created by add_model().
         self.audio_received = Counter(
             p + "audio_received_seconds_total",
             "Seconds of audio in requests for the model that reached admission (admitted or refused).",

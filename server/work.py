@@ -2,7 +2,7 @@
 policies and to admission.
 
 Audio is the gateway's own knowledge no other router has: each clip is decoded here, so its exact seconds and
-prompt tokens (the model's formula, server/audio_tokens.py) are known, and a hash of its decoded 16 kHz PCM
+prompt tokens (the model's formula, server/families/tokens.py) are known, and a hash of its decoded 16 kHz PCM
 identifies the same audio however it was sent (base64, data URL, file, another container format).
 """
 

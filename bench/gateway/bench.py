@@ -44,8 +44,8 @@ from alm.engine import EngineSettings, engine_launch  # noqa: E402
 from alm.gateway import gateway_argv  # noqa: E402
 from alm.paths import cache_dir, make_shared_audio_dir  # noqa: E402
 from alm.processes import free_port, stop_process, wait_ok  # noqa: E402
-from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_base64  # noqa: E402
-from server.shared_audio import SharedAudioDir  # noqa: E402
+from server.ingest.audio.clip import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_base64  # noqa: E402
+from server.ingest.shared_audio import SharedAudioDir  # noqa: E402
 
 MODEL = "bench-model"
 

@@ -22,7 +22,7 @@ import soundfile as sf
 
 from alm.processes import free_port, stop_process, wait_ok
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 from tests.engine import EngineProcess, start_engine
 from tests.server.fakes import serve

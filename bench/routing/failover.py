@@ -7,7 +7,7 @@ the killed engine is restarted between the runs.
 
 ``join``: how often a resumed greedy generation equals an uninterrupted one. For each of ``--requests``
 greedy requests (distinct clips) run uninterrupted on one engine, and each cut point k (tokens relayed before
-the engine "died"), the request the gateway would resume with (server/resume.py ``resume_body``: the text of the
+the engine "died"), the request the gateway would resume with (server/relay/resume.py ``resume_body``: the text of the
 first k content deltas continued as the final assistant message, ``max_tokens`` less k) goes to the same
 engine; the joined text and tokens are compared with the uninterrupted run's, and the resumed prompt's tokens
 with the original prompt + the first k generated tokens (does re-tokenising the text give the same tokens?).
@@ -31,7 +31,7 @@ import openai
 
 from bench.routing.common import clip_part, gateway
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
-from server.resume import resume_body
+from server.relay.resume import resume_body
 from tests.engine import EngineProcess, kill_tree, start_engine
 
 MODEL = "tiny-midashenglm"

@@ -2,7 +2,7 @@
 
 The published encoder hears at most 30 s (3000 mel frames, `n_ctx` 1500 after the stride-2 conv). A longer clip
 is split into consecutive pieces of at most 30 s, each its own `<audio>` … `</audio>` span, so every second is
-heard (the published tokenizer would cut it at 30 s). Pure Python: the gateway's count (server/audio_tokens.py)
+heard (the published tokenizer would cut it at 30 s). Pure Python: the gateway's count (server/families/tokens.py)
 must agree with it, and a test checks that it does.
 """
 

@@ -1,4 +1,4 @@
-"""`alm gateway`'s HTTP server limits (server/http_server.py), with raw sockets as a hostile client sends them."""
+"""`alm gateway`'s HTTP server limits (server/api/http_server.py), with raw sockets as a hostile client sends them."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from alm.processes import free_port
 from alm.stack import check_models, gateway_env, plan_stack
 from alm.tiny import make
 from server.config import load_settings
-from server.model_facts import FAMILIES
+from server.families.facts import FAMILIES
 from tests.families.support import audio_part, tone
 
 WINDOWS = {"midashenglm": None, "qwen2-audio": 30.0, "qwen2.5-omni": 300.0, "qwen3-omni": None}

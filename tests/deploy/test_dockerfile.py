@@ -165,7 +165,7 @@ def test_package_builds_from_the_image_build_context(tmp_path: Path):
         names = archive.namelist()
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "midashenglm = model_plugins.midashenglm:register" in archive.read(entry_points).decode()
-    assert "server/app.py" in names and "model_plugins/midashenglm/__init__.py" in names
+    assert "server/api/app.py" in names and "model_plugins/midashenglm/__init__.py" in names
 
 
 def test_scripts_are_executable():
@@ -212,7 +212,7 @@ def test_image_listens_on_all_interfaces_of_its_container():
 def test_gateway_role_builds_the_app_from_env(monkeypatch: pytest.MonkeyPatch):
     from fastapi import FastAPI
 
-    from server.app import app_from_env
+    from server.api.app import app_from_env
 
     assert gateway_command("0.0.0.0", 8000)[-5:] == ["gateway", "--host", "0.0.0.0", "--port", "8000"]
     for key in [k for k in os.environ if k.startswith("ALM_")]:

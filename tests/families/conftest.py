@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from alm.families import model_facts_env
 from alm.tiny import make
 from alm.tiny.tokenizer import token_ids
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 from tests.engine import EngineProcess
 from tests.families import cases

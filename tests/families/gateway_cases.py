@@ -12,7 +12,7 @@ import numpy as np
 import openai
 import pytest
 
-from server.model_facts import FAMILIES
+from server.families.facts import FAMILIES
 from tests.engine import EngineProcess
 from tests.families.cases import CLIP_A, CLIP_B, MULTI_TURN
 from tests.families.support import RATE, audio_part, chat, engine_tokens, tone, user, wav_b64

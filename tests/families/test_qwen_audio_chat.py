@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from model_plugins.qwen_audio.tokenizer import register_with_transformers
-from server.model_facts import FAMILIES
+from server.families.facts import FAMILIES
 from tests.engine import EngineProcess, start_engine
 from tests.families.cases import (  # noqa: F401  # collected here: this family's rows
     test_audio_tokens_5s_and_45s,

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import pytest
 from fakes import FakeEngine, serve
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 from tests.engine import EngineProcess, kill_tree, start_engine
 

@@ -21,7 +21,7 @@ from alm.processes import free_port
 @contextmanager
 def serve(app, port: int | None = None, config: uvicorn.Config | None = None) -> Iterator[str]:
     """Run ``app`` with uvicorn in a daemon thread (lifespan included); yields its base URL. ``config``: served
-    as given instead (its app, host and port), e.g. the gateway's own ``server.http_server.uvicorn_config``."""
+    as given instead (its app, host and port), e.g. the gateway's own ``server.api.http_server.uvicorn_config``."""
     port = config.port if config is not None else port or free_port()
     config = config or uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1

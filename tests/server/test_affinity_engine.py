@@ -22,7 +22,7 @@ import soundfile as sf
 from audio_synth import speechlike
 from fakes import serve
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 from tests.engine import EngineProcess, start_engine
 

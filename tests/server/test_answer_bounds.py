@@ -16,8 +16,8 @@ from fastapi.responses import Response, StreamingResponse
 from waiting import wait_until
 
 from server.config import load_settings
-from server.policies import request_tokens
-from server.prepare import finish_chat, parse_chat
+from server.ingest.prepare import finish_chat, parse_chat
+from server.routing.policies import request_tokens
 from server.work import EngineWork
 
 M = "fake-model"

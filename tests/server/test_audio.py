@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from audio_synth import encode, tone
 
-from server.audio import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav, encode_wav_base64
 from server.errors import InvalidAudio, PayloadTooLarge
+from server.ingest.audio.clip import (
+    TARGET_RATE,
+    AudioLimits,
+    decode_audio,
+    decode_base64,
+    encode_wav,
+    encode_wav_base64,
+)
 
 LIMITS = AudioLimits(max_bytes=2_000_000, max_seconds=30.0, min_seconds=0.2)
 RATES = [8_000, 22_050, 44_100, 48_000]

@@ -17,9 +17,9 @@ from corpus import static_payloads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.audio import AudioLimits, Clip, decode_audio
-from server.audio_types import MAX_ABS_SAMPLE
 from server.errors import InvalidRequest
+from server.ingest.audio.clip import AudioLimits, Clip, decode_audio
+from server.ingest.audio.limits import MAX_ABS_SAMPLE
 
 LIMITS = AudioLimits(max_bytes=1_000_000, max_seconds=10.0, min_seconds=0.1, decode_timeout_s=5.0)
 PARAM = "messages[0].content[0].input_audio.data"

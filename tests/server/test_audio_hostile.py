@@ -19,11 +19,11 @@ import pytest
 from audio_synth import encode, tone
 from corpus import ffconcat, flac_constant, float_wav, hls, sdp, static_payloads, wav_header
 
-from server import audio_decode
-from server.audio import AudioLimits, Clip, decode_audio
-from server.audio_sniff import DEMUXERS, from_declared, sniff
 from server.config import load_settings
 from server.errors import InvalidAudio
+from server.ingest.audio import decode as audio_decode
+from server.ingest.audio.clip import AudioLimits, Clip, decode_audio
+from server.ingest.audio.sniff import DEMUXERS, from_declared, sniff
 
 LIMITS = AudioLimits(max_bytes=2_000_000, max_seconds=30.0, min_seconds=0.2)
 PARAM = "messages[0].content[0].input_audio.data"

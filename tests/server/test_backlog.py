@@ -1,4 +1,4 @@
-"""Admission by audio backlog (server/backlog.py): the bound, Retry-After from the measured drain rate, and no
+"""Admission by audio backlog (server/routing/backlog.py): the bound, Retry-After from the measured drain rate, and no
 leak in any way a request ends. Unit tests on a scripted clock; the gateway's paths against scriptable fakes."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from audio_synth import audio_part, chat_body, encode, tone
 from prometheus_client import generate_latest
 from waiting import wait_until
 
-from server.backlog import DRAIN_WINDOW_S, MAX_RETRY_AFTER_S, NO_TICKET, Backlog
 from server.config import load_settings
 from server.errors import Overloaded
 from server.metrics import Metrics
+from server.routing.backlog import DRAIN_WINDOW_S, MAX_RETRY_AFTER_S, NO_TICKET, Backlog
 
 M = "m"
 

@@ -10,10 +10,11 @@ import pytest
 from audio_synth import audio_part, chat_body, encode, tone
 from pydantic import ValidationError
 
-from server.audio_tokens import midashenglm
 from server.config import load_settings
-from server.context_budget import requested_output, text_tokens_min
-from server.routing import _max_model_lens
+from server.families.tokens import midashenglm
+from server.guards.output import requested_output
+from server.ingest.context_budget import text_tokens_min
+from server.routing.pool import _max_model_lens
 
 M = "fake-model"
 HEAD = "This model's maximum context length is {} tokens. However, "

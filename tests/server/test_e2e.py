@@ -13,7 +13,7 @@ from audio_synth import audio_part, chat_body, encode, tone
 from fakes import serve
 from waiting import wait_until
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 
 LIMITS = dict(max_audio_bytes=400_000, max_audio_seconds=20.0, max_clips_per_request=2)

@@ -16,7 +16,7 @@ import pytest
 from audio_synth import audio_part, chat_body
 from fakes import serve
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 from tests.engine import kill_tree
 

@@ -14,9 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from waiting import wait_until
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
-from server.engine_errors import is_retryable
+from server.relay.engine_errors import is_retryable
 
 M = "fake-model"
 CLIP = audio_part("wav", 2.0)

@@ -1,7 +1,7 @@
 """Stream failover after the first byte, against scriptable fake engines that die mid-stream: the resumed
 request (continued assistant message, reduced max_tokens, no generation prompt), one uninterrupted stream for
 the client, never two engines at once, bounded attempts, clip files kept until the stream ends; and the event
-tracking of server/resume.py on its own. (Two real engines: test_failover_engine.py.)"""
+tracking of server/relay/resume.py on its own. (Two real engines: test_failover_engine.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fakes import FakeEngine, serve
 from test_streams import in_flight, metric
 from waiting import wait_until
 
-from server.resume import StreamText, resume_body, resume_plan
+from server.relay.resume import StreamText, resume_body, resume_plan
 
 M = "fake-model"
 A_ID, B_ID, A_CREATED, B_CREATED = "chatcmpl-a", "chatcmpl-b", 1_700_000_001, 1_700_000_999
@@ -66,7 +66,7 @@ def start(stack: ExitStack, engine: FakeEngine, on_chat=None) -> str:
 
 
 def gateway(stack: ExitStack, urls: list[str], **overrides) -> str:
-    from server.app import create_app
+    from server.api.app import create_app
     from server.config import load_settings
 
     settings = load_settings(engine_urls=urls, health_interval_s=0.2, routing="least-request", **overrides)
@@ -213,7 +213,7 @@ def test_clip_files_live_until_a_resumed_stream_ends(stack: ExitStack, tmp_path:
     assert a.bodies[0]["messages"][0]["content"][0] == b.bodies[0]["messages"][0]["content"][0]
 
 
-# ------------------------------------------------------------------ server/resume.py on its own
+# ------------------------------------------------------------------ server/relay/resume.py on its own
 
 
 def test_tracking_reads_escaped_text_and_runs_of_events() -> None:

@@ -17,7 +17,7 @@ from fakes import serve
 from test_e2e_failover import running
 from waiting import wait_until
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 from tests.engine import kill_tree
 

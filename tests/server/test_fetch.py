@@ -1,5 +1,5 @@
-"""Audio URL vetting (server/urlguard.py) and fetching (server/fetch.py): malformed URLs are 400s, credentials never
-leave the gateway, and every IPv6 form of a private IPv4 address counts as non-public."""
+"""Audio URL vetting (server/guards/url.py) and fetching (server/ingest/fetch.py): malformed URLs are 400s,
+credentials never leave the gateway, and every IPv6 form of a private IPv4 address counts as non-public."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from server.config import load_settings
 from server.errors import InvalidAudio
-from server.urlguard import is_public, parse_audio_url, vet_audio_url
+from server.guards.url import is_public, parse_audio_url, vet_audio_url
 
 M = "fake-model"
 

@@ -19,8 +19,8 @@ from audio_synth import audio_part, chat_body, encode, tone
 from fakes import FakeEngine, serve
 from waiting import wait_until
 
-from server.audio import AudioLimits, decode_audio
 from server.config import load_settings
+from server.ingest.audio.clip import AudioLimits, decode_audio
 
 M = "fake-model"
 
@@ -233,17 +233,17 @@ def test_ingest_never_blocks_the_event_loop(start_fake, start_gateway, monkeypat
     """While one request's audio decode is stuck, /health and other requests are still served."""
     import threading
 
-    import server.prepare
+    import server.ingest.prepare
 
     release, entered = threading.Event(), threading.Event()
-    real = server.prepare.decode_audio
+    real = server.ingest.prepare.decode_audio
 
     def stuck_decode(*args, **kwargs):
         entered.set()
         release.wait(60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server.prepare, "decode_audio", stuck_decode)
+    monkeypatch.setattr(server.ingest.prepare, "decode_audio", stuck_decode)
     _, url = start_fake()
     gw = start_gateway([url])
     big = chat_body(M, audio_part("wav", 5.0))  # > 32 KiB: parsed and decoded in the ingest pool

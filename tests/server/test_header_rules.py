@@ -8,7 +8,7 @@ import pytest
 from audio_synth import chat_body
 from hostile import RawClient
 
-from server.headerguard import HostPolicy
+from server.guards.headers import HostPolicy
 
 M = "fake-model"
 CHAT = "/v1/chat/completions"

@@ -12,9 +12,9 @@ import pytest
 from audio_synth import audio_part, chat_body, encode, tone
 from hostile import RawClient, json_bytes
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
-from server.validate import DENIED_FIELDS
+from server.guards.fields import DENIED_FIELDS
 
 M = "fake-model"
 CHAT = "/v1/chat/completions"

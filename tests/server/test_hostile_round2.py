@@ -22,14 +22,14 @@ from test_failover import A_CREATED, A_ID, B_CREATED, B_ID, M, chunk, gateway, s
 from test_streams import in_flight, metric
 from waiting import wait_until
 
-import server.prepare
+import server.ingest.prepare
 from alm.processes import free_port
-from server.app import create_app
+from server.api.app import create_app
+from server.api.http_server import uvicorn_config
 from server.config import load_settings
-from server.http_server import uvicorn_config
-from server.resume import Resume, StreamText, resume_body, resume_plan
-from server.shared_audio import SharedAudioDir
-from server.usage import without_usage
+from server.ingest.shared_audio import SharedAudioDir
+from server.relay.resume import Resume, StreamText, resume_body, resume_plan
+from server.relay.usage import without_usage
 
 # ------------------------------------------------------------------ a clip file that failed half-way
 
@@ -224,13 +224,13 @@ def test_an_unknown_models_audio_is_never_decoded(
     start_fake, start_gateway, monkeypatch: pytest.MonkeyPatch, route: str
 ) -> None:
     decoded: list[str] = []
-    real = server.prepare.decode_audio
+    real = server.ingest.prepare.decode_audio
 
     def counting(*args, **kwargs):
         decoded.append(args[2])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server.prepare, "decode_audio", counting)
+    monkeypatch.setattr(server.ingest.prepare, "decode_audio", counting)
     _, url = start_fake()
     gw = start_gateway([url])
     wait_until(lambda: metric(gw, f'alm_gateway_engine_healthy{{engine="{url[7:]}"}}') == 1)

@@ -1,4 +1,4 @@
-"""Peak RSS of a real gateway process (uvicorn, ``server.app:app_from_env``, default settings) while decompression
+"""Peak RSS of a real gateway process (uvicorn, ``server.api.app:app_from_env``, default settings) while decompression
 bombs and valid clips are ingested at once (issue 8: one 600 s bomb needed 7.4 GB, four killed the process)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_peak_rss_with_bombs_and_valid_clips(start_fake: Callable[..., tuple[Fak
             sys.executable,
             "-m",
             "uvicorn",
-            "server.app:app_from_env",
+            "server.api.app:app_from_env",
             "--factory",
             "--host",
             "127.0.0.1",

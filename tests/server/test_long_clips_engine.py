@@ -21,7 +21,7 @@ import soundfile as sf
 from fakes import serve
 
 from alm.engine import MIB, forwarded_clip_mib
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 
 SECONDS = 600.0  # the default ALM_MAX_AUDIO_SECONDS, which the session engine is started with

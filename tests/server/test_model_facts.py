@@ -1,4 +1,4 @@
-"""Per-model audio facts (server/model_facts.py): the audio-token formulas against the reference implementations,
+"""Per-model audio facts (server/families/facts.py): the audio-token formulas against the reference implementations,
 ``ALM_MODEL_FACTS`` parsing, and the gateway using each request's model's facts — its clip window (a longer clip
 is refused with 400 ``audio_too_long``, never cut), its token formula and its transcription prompt."""
 
@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
-from server.audio_tokens import qwen3_omni, whisper
 from server.config import load_settings
-from server.model_facts import FAMILIES, facts_for
+from server.families.facts import FAMILIES
+from server.families.tokens import qwen3_omni, whisper
 
 QA, MD = "qwen2-audio-7b", "midashenglm-7b"
 FACTS = '{"qwen2-audio-7b": "qwen2-audio"}'
@@ -62,11 +62,11 @@ def test_formulas_give_the_counts_measured_on_the_engines(formula, seconds: int,
 
 def test_unnamed_models_get_the_default_family() -> None:
     settings = load_settings(model_facts=FACTS)
-    assert facts_for(settings, QA) == FAMILIES["qwen2-audio"]
-    assert facts_for(settings, MD) == FAMILIES["midashenglm"]
-    assert facts_for(load_settings(), QA).max_clip_seconds is None  # nothing set: MiDashengLM, as before
-    assert facts_for(load_settings(audio_token_model="qwen3-omni"), MD) == FAMILIES["qwen3-omni"]
-    assert facts_for(load_settings(audio_token_model="none"), MD).audio_tokens == "none"
+    assert settings.facts_for(QA) == FAMILIES["qwen2-audio"]
+    assert settings.facts_for(MD) == FAMILIES["midashenglm"]
+    assert load_settings().facts_for(QA).max_clip_seconds is None  # nothing set: MiDashengLM, as before
+    assert load_settings(audio_token_model="qwen3-omni").facts_for(MD) == FAMILIES["qwen3-omni"]
+    assert load_settings(audio_token_model="none").facts_for(MD).audio_tokens == "none"
 
 
 def test_checkpoint_values_override_the_family_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""Routing policies (server/policies.py) as pure functions, and through the pool against scriptable fake engines."""
+"""Routing policies (server/routing/policies.py) as pure functions, and through the pool against scriptable fake
+engines."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from test_routing import make_pool
 
 from server.config import load_settings
 from server.errors import Overloaded
-from server.policies import Affinity, Candidate, LeastRequest, LeastWork, make_policy, rendezvous_order
+from server.routing.policies import Affinity, Candidate, LeastRequest, LeastWork, make_policy, rendezvous_order
 from server.work import RequestWork
 
 URLS = [f"http://engine-{i}:8000" for i in range(5)]

@@ -14,8 +14,8 @@ from prometheus_client import generate_latest
 from server.config import load_settings
 from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
-from server.routing import EnginePool
-from server.upstream import engine_session
+from server.relay.upstream import engine_session
+from server.routing.pool import EnginePool
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from prometheus_client import generate_latest
 from waiting import wait_until
 
 from server.config import DEFAULT_MAX_NUM_SEQS, load_settings
-from server.engine_load import EngineLoad, MetricsTooLarge, Report, read_report
 from server.errors import Overloaded
 from server.metrics import Metrics
-from server.routing import EnginePool
-from server.upstream import engine_session
+from server.relay.upstream import engine_session
+from server.routing.load import EngineLoad, MetricsTooLarge, Report, read_report
+from server.routing.pool import EnginePool
 
 VLLM_METRICS = b"""\
 # HELP python_gc_objects_collected_total Objects collected during gc

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from server.engine_load import read_report
+from server.routing.load import read_report
 from tests.engine import EngineProcess, start_engine
 
 MAX_NUM_SEQS, ENGINE_MAX_WAITING, GATEWAY_QUEUE = 4, 8, 4

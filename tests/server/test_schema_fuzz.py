@@ -15,7 +15,7 @@ import schemathesis
 from fakes import FakeEngine, serve
 from hypothesis import HealthCheck, settings
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
 
 CASES = 250

@@ -11,10 +11,10 @@ import pytest
 from audio_synth import audio_part, chat_body
 from hostile import RawClient
 
-from server import bodyguard
-from server.bodyguard import BodyBudget, BodyPace
 from server.config import load_settings
 from server.errors import Overloaded
+from server.guards import body as bodyguard
+from server.guards.body import BodyBudget, BodyPace
 
 M = "fake-model"
 CHAT = "/v1/chat/completions"

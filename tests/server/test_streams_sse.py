@@ -1,4 +1,4 @@
-"""The SSE regrouping of engine chunks (server.upstream.sse_events): every terminator the SSE spec allows,
+"""The SSE regrouping of engine chunks (server.relay.upstream.sse_events): every terminator the SSE spec allows,
 split anywhere, and bounded memory for events that never end."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp
 import pytest
 
-from server.upstream import EventTooLarge, sse_events
+from server.relay.upstream import EventTooLarge, sse_events
 
 # LF, CRLF, CR, and the mixtures a blank line can be made of (CR+CRLF, LF+CRLF, CRLF+LF, LF+CR).
 STREAM = (

@@ -1,4 +1,4 @@
-"""Structured-output specs are bounded at the gateway (server/structured.py): every spelling vLLM 0.32 accepts is
+"""Structured-output specs are bounded at the gateway (server/guards/structured.py): every spelling vLLM 0.32 accepts is
 checked or refused with a 400 naming the field, before any audio is decoded and before an engine sees the request."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from audio_synth import chat_body
 
 from server.config import load_settings
 from server.errors import InvalidRequest
-from server.structured import IGNORED_BY_ENGINE, TOO_COMPLEX, StructuredLimits, check_structured_output
+from server.guards.structured import IGNORED_BY_ENGINE, TOO_COMPLEX, StructuredLimits, check_structured_output
 from tests.server.corpus.structured import over_limits, schema_format, worst_allowed
 
 MODEL = "fake-model"

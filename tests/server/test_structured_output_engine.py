@@ -15,9 +15,9 @@ import httpx
 import pytest
 from fakes import serve
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
-from server.structured import StructuredLimits
+from server.guards.structured import StructuredLimits
 from tests.server.corpus.structured import worst_allowed
 
 MAX_DELAY_S = 1.0

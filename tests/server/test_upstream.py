@@ -13,7 +13,7 @@ from audio_synth import chat_body, encode, tone
 from fakes import FakeEngine, serve
 from waiting import wait_until
 
-from server.upstream import openai_error_body
+from server.relay.upstream import openai_error_body
 
 M = "fake-model"
 LEAKY = json.dumps(

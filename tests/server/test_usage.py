@@ -1,4 +1,4 @@
-"""``usage.audio_seconds``: the byte edit of engine answers (server/usage.py), its cost, and the real openai SDK
+"""``usage.audio_seconds``: the byte edit of engine answers (server/relay/usage.py), its cost, and the real openai SDK
 reading it from the gateway in front of the real vLLM engine, streamed and not."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from audio_synth import audio_part, chat_body
 from fakes import serve
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from server.app import create_app
+from server.api.app import create_app
 from server.config import load_settings
-from server.usage import audio_seconds_field, with_audio_seconds
+from server.relay.usage import audio_seconds_field, with_audio_seconds
 
 USAGE = {"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}
 

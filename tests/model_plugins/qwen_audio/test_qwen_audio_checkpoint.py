@@ -14,7 +14,7 @@ from model_plugins.qwen_audio.config import ARCHITECTURE, QWenAudioConfig
 from model_plugins.qwen_audio.spans import clip_tokens
 from model_plugins.qwen_audio.tiny import make
 from model_plugins.qwen_audio.tokenizer import PATTERN, SPECIAL_TOKENS, register_with_transformers
-from server.audio_tokens import qwen_audio
+from server.families.tokens import qwen_audio
 from tests.model_plugins.conftest import load_model
 
 PUBLISHED_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|extra_204|>": 151850,

@@ -1,4 +1,4 @@
-"""Structured-output specs at the gateway's limits and just past them (server/structured.py), as request-body
+"""Structured-output specs at the gateway's limits and just past them (server/guards/structured.py), as request-body
 fragments. The worst allowed ones are what an engine may be asked to compile; bench/structured_compile.py times them
 with xgrammar and tests/server/test_structured_output_engine.py sends them to a real engine."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.structured import StructuredLimits
+from server.guards.structured import StructuredLimits
 
 
 def schema_format(schema: object) -> dict[str, Any]:
