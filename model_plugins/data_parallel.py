@@ -46,6 +46,11 @@ def use_data_parallel(vllm_config: VllmConfig, num_heads: int | None = None, *, 
     return replicated or (mm_config is not None and mm_config.mm_encoder_tp_mode == "data")
 
 
+def data_parallel_rank() -> tuple[int, int]:
+    """(ranks, this rank) of the data-parallel encoder: the tensor-parallel group's."""
+    return get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+
+
 def run_sharded(
     waveforms: list[torch.Tensor],
     loads: list[int],
@@ -56,7 +61,7 @@ def run_sharded(
 ) -> list[torch.Tensor]:
     """encode() this rank's clips (balanced by `loads`); return every clip's (tokens_i, hidden) output, in input
     order."""
-    ranks, rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+    ranks, rank = data_parallel_rank()
     order, counts, _ = get_load_balance_assignment(loads, ranks)
     starts = [sum(counts[:r]) for r in range(ranks + 1)]
     mine = order[starts[rank] : starts[rank + 1]]

@@ -1,11 +1,14 @@
 """The Dasheng audio transformer: a ViT over 64x4 (mel x frame) patches.
 
 Clips are cut into windows of `target_length` frames (~10 s) that run in bounded chunks
-(windows.py); padding is masked out of attention, so a clip's output is the same whatever
-else shares the step. The mel front end and the BatchNorm over mel bins run in float32; the
+(windows.py), or, under encoder CUDA graphs, lie end to end on one patch axis with attention
+masked to each window (packing.py); padding is masked out of attention either way, so a clip's
+output is the same whatever else shares the step. The mel front end and the BatchNorm over mel bins run in float32; the
 features are cast to the model dtype only after. Submodule names follow the published
 checkpoint (`audio_encoder.blocks.0.attn.qkv.weight`, ...).
 """
+
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,7 @@ from model_plugins.host import to_device
 
 from .config import DashengEncoderConfig
 from .frontend import LogMelFrontend, PackedMels
+from .packing import PackedRows
 from .windows import plan_windows
 
 # Windows per encoder forward when the engine does not size it (tests, benches): 64 x 10 s.
@@ -65,6 +69,17 @@ class DashengAttention(nn.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out, _ = self.proj(out.transpose(1, 2).reshape(windows, patches, -1))
+        return out
+
+    def forward_packed(self, x: torch.Tensor, rows: PackedRows, mask: torch.Tensor) -> torch.Tensor:
+        """x: (capacity, dim) packed patches; mask: rows.mask(window ids), (rows, 1, width, keys)."""
+        qkv, _ = self.qkv(x)
+        qkv = rows.pad(qkv.view(x.shape[0], 3, self.local_heads, self.head_dim))
+        q = rows.queries(qkv[:, 0]).transpose(1, 2)  # (rows, heads, width, head_dim)
+        k = rows.keys_of(qkv[:, 1]).transpose(1, 2)  # (rows, heads, keys, head_dim)
+        v = rows.keys_of(qkv[:, 2]).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out, _ = self.proj(out.transpose(1, 2).flatten(0, 1)[: x.shape[0]].flatten(1))
         return out
 
 
@@ -114,6 +129,10 @@ class DashengBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), key_mask))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+    def forward_packed(self, x: torch.Tensor, rows: PackedRows, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn.forward_packed(self.norm1(x), rows, mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -202,8 +221,27 @@ class DashengEncoder(nn.Module):
             x = block(x, key_mask)
         return self.norm(x)
 
+    def forward_packed(self, frames: torch.Tensor, position: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """Clips packed end to end (packing.py) -> (capacity, embed_dim).
+
+        frames: (4 * capacity, n_mels) normalised features, patch after patch; position:
+        (capacity,) each patch's index in its window; window: (capacity,) its window's id
+        (padding slots share PADDING_WINDOW). Fixed shapes, no host sync: CUDA-graph capturable.
+        """
+        x = self.patch_embed(frames.T[None, None])  # (1, dim, grid_freq = 1, capacity)
+        pos = self.time_pos_embed[0, :, 0].index_select(1, position)  # (dim, capacity)
+        x = ((x[0, :, 0] + pos) + self.freq_pos_embed[0, :, 0]).T  # (capacity, dim), eager's order of sums
+        rows = PackedRows.of(x.shape[0], self.config.patches_per_window)
+        mask = rows.mask(window)
+        for block in self.blocks:
+            x = cast(DashengBlock, block).forward_packed(x, rows, mask)  # ModuleList items are typed as Module
+        return self.norm(x)
+
     def patches_per_clip(self, packed: PackedMels) -> list[int]:
-        patches = [frames // self.config.frames_per_patch for frames in packed.frames]
+        return self.patches_of(packed.frames)
+
+    def patches_of(self, frames: list[int]) -> list[int]:
+        patches = [count // self.config.frames_per_patch for count in frames]
         if min(patches) < 1:
             raise ValueError("an audio clip is too short for one encoder patch")
         return patches
@@ -212,12 +250,19 @@ class DashengEncoder(nn.Module):
         """-> (sum(keep), embed_dim): the first keep[i] patch outputs of each clip, clip after clip
         (all patches when keep is None)."""
         features, packed = self.features(waveforms)
-        patches = self.patches_per_clip(packed)
+        return self.encode_features(features, packed.frame_offsets, packed.frames, keep)
+
+    def encode_features(
+        self, features: torch.Tensor, frame_offsets: list[int], frames: list[int], keep: list[int] | None = None
+    ) -> torch.Tensor:
+        """encode() from features() already computed: the clips whose frames start at frame_offsets
+        (columns of `features`) and have `frames` frames each."""
+        patches = self.patches_of(frames)
         per_patch = self.config.frames_per_patch
         plan = plan_windows(patches, self.config.patches_per_window, self.max_windows)
         bases, kept, before = plan.keep_layout(patches if keep is None else keep)
         starts = [
-            packed.frame_offsets[clip] + index * self.config.target_length
+            frame_offsets[clip] + index * self.config.target_length
             for clip, index in zip(plan.clip, plan.index, strict=True)
         ]
         meta = to_device([starts, [v * per_patch for v in plan.valid], bases, kept, before], features.device)

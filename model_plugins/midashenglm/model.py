@@ -19,7 +19,7 @@ from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from model_plugins.data_parallel import run_sharded, use_data_parallel
+from model_plugins.data_parallel import data_parallel_rank, run_sharded, use_data_parallel
 from model_plugins.decoder_plumbing import DecoderPlumbing
 
 from .config import MiDashengLMConfig
@@ -75,13 +75,15 @@ class MiDashengLM(DecoderPlumbing, nn.Module, SupportsMultiModal, SupportsPP, Da
             config.max_audio_seconds,
         )
 
-        max_windows = profiled_encoder_windows(vllm_config, config)
         # --mm-encoder-tp-mode data, or heads that do not divide over the tensor-parallel ranks (as vLLM's ViTs).
         self.encoder_data_parallel = use_data_parallel(vllm_config, config.audio_encoder_config.num_heads)
+        # Data parallel: this rank profiled only its share of the dummy clips, so that is its limit.
+        ranks, rank = data_parallel_rank() if self.encoder_data_parallel else (1, 0)
+        max_windows = profiled_encoder_windows(vllm_config, config, ranks, rank)
         logger.info(
             "MiDashengLM: the audio encoder runs at most %d windows per forward%s",
             max_windows,
-            ", data parallel across tensor-parallel ranks" if self.encoder_data_parallel else "",
+            f" on rank {rank} of {ranks} (data-parallel encoder)" if self.encoder_data_parallel else "",
         )
         with self._mark_tower_model(vllm_config, "audio"):
             self.encoder = DashengEncoder(

@@ -17,12 +17,14 @@ from alm.processes import free_port
 from model_plugins.qwen_audio.tiny import make as make_qwen_audio
 from tests.model_plugins.conftest import load_model, tone
 
+# vLLM's start-up profile with these: 3 dummy clips of 30 s (450 // 150 tokens), 3 windows each.
+PROFILE_ARGS = {"hf_overrides": {"max_audio_seconds": 30}, "max_num_batched_tokens": 450}
 SECONDS = [25.0, 2.0, 3.0, 12.0, 1.0]  # 3, 1, 1, 2, 1 windows: vLLM balances them 4 | 4
 QWEN_SECONDS = [45.0, 2.0, 3.0, 12.0, 1.0]  # 1129, 52, 77, 302, 27 tokens
 
 
-def run_ranks(checkpoint: Path, mode: str, seconds: list[float], out: Path) -> list[dict]:
-    """Two ranks of tests/model_plugins/dp_worker.py; each one's saved outputs."""
+def run_ranks(checkpoint: Path, mode: str, seconds: list[float] | list[str], out: Path) -> list[dict]:
+    """Two ranks of tests/model_plugins/dp_worker.py (SECONDS... or `profile ENGINE_ARGS`); each one's outputs."""
     init = f"tcp://127.0.0.1:{free_port()}"
     procs = []
     for rank in range(2):
@@ -100,3 +102,15 @@ def test_qwen_audio_tower_is_sharded_over_tensor_parallel_ranks(tmp_path_factory
     model = load_model(checkpoint)
     assert type(model).supports_encoder_tp_data is True and model.encoder_data_parallel is False
     assert_shared_and_equal(ranks, model, QWEN_SECONDS)
+
+
+def test_each_rank_runs_at_most_the_windows_it_profiled(tiny_checkpoint, tmp_path):
+    """vLLM's start-up profile (its own MultiModalBudget: 3 dummy clips of the longest length) shards its clips over
+    the ranks like any step: 2 | 1, i.e. 6 | 3 windows. Each rank's limit per forward, and its largest encoder CUDA
+    graph, is what THAT rank encoded there (before: 9 windows on both, the whole profile's)."""
+    ranks = run_ranks(tiny_checkpoint, "data", ["profile", json.dumps(PROFILE_ARGS)], tmp_path)
+    profiled = [sum(-(-((n // 160 + 1) // 4) // 252) for n in r["local_lengths"]) for r in ranks]
+    assert sorted(profiled) == [3, 6]
+    for rank, windows in zip(ranks, profiled, strict=True):
+        assert rank["max_windows"] == windows
+        assert rank["graph_budget_range"][1] == windows * 252  # patches

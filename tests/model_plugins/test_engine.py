@@ -10,6 +10,8 @@ from vllm import LLM, SamplingParams
 from model_plugins.midashenglm.processing import AUDIO_PLACEHOLDER
 from tests.model_plugins.conftest import SAMPLE_RATE, tone
 
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
+
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 # name -> the clips sent together in ONE generate() call (one engine batch).

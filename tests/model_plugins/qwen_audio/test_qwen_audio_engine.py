@@ -11,6 +11,8 @@ from model_plugins.qwen_audio.processing import placeholder
 from model_plugins.qwen_audio.tiny import make
 from tests.model_plugins.conftest import SAMPLE_RATE, tone
 
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
+
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 AUDIO_IDS = {155163, 155164, 151851}
 """`<audio>`, `</audio>` and the pad token between them: every position of a span."""
