@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from alm.tiny import DEFAULT_FAMILY, FAMILIES  # a table only: imports no torch
+from server.families.registry import BY_NAME, DEFAULT_FAMILY  # the family registry: pure data, imports no torch
 
 EX_CONFIG = 64  # no checkpoint where the settings point (the container entrypoint's exit code for it)
 
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--port", type=int, help="ALM_GATEWAY_PORT or PORT (default 8080)")
 
     tiny = commands.add_parser("make-tiny", help="write a seeded random-weight checkpoint of a model family")
-    tiny.add_argument("--family", choices=list(FAMILIES), default=DEFAULT_FAMILY)
+    tiny.add_argument("--family", choices=list(BY_NAME), default=DEFAULT_FAMILY)
     tiny.add_argument("--out", type=Path, required=True, help="output directory")
     tiny.add_argument("--preset", choices=["tiny", "bench"], default="tiny", help="--family midashenglm only")
     tiny.add_argument("--seed", type=int, default=0)

@@ -138,7 +138,7 @@ def engine_launch(settings: EngineSettings, *, cpu: bool | None = None) -> Engin
         json.dumps(hf_overrides),
         "--allowed-media-domains",
         NO_URL_FETCHING,
-        "--enable-server-load-tracking",  # /load: the gateway routes by it (server/routing/pool.py)
+        "--enable-server-load-tracking",  # /load: the gateway routes by it (server/routing/load_reports.py)
     ]
     if settings.shared_audio_dir:
         argv += ["--allowed-local-media-path", settings.shared_audio_dir]

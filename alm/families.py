@@ -1,5 +1,6 @@
 """The model families an engine may serve, told apart by the checkpoint's ``config.json`` ``architectures``, and
-what each needs in the engine's environment beyond the engine contract's flags.
+what each needs in the engine's environment beyond the engine contract's flags. The families, their architectures
+and needs are the registry's (server/families/registry.py ``FAMILIES``); this module reads checkpoints against it.
 
 The Qwen Omni families' vLLM model files and processors import torchvision at module import. On the CPU build the
 only torchvision wheels the package index has are CUDA builds that break beside the CPU torch, so
@@ -17,41 +18,14 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+from server.families.registry import FAMILIES, ModelFamily
 
 OMNI_EXTRAS_ENV = "ALM_OMNI_EXTRAS"
 """Overrides where the patched torchvision lies (default: ``<venv>/omni-extras``)."""
 SETUP_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "omni-extras.sh"
 READY_MARK = ".alm-ready"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    """The ``alm make-tiny --family`` name."""
-    architectures: tuple[str, ...]
-    """``config.json`` architectures of its published checkpoints."""
-    needs_torchvision: bool = False
-    cuts_at_chunk: bool = False
-    """Its processor cuts a clip at the feature extractor's ``n_samples`` (``chunk_length`` seconds)."""
-    config_key: str | None = None
-    """A ``config.json`` key its checkpoints have and others of the same architecture lack."""
-    max_model_len: int | None = None
-    """Longest context it is served with by default (positions past it behave unlike the published model)."""
-
-
-FAMILIES = (
-    Family("midashenglm", ("MiDashengLMModel",)),
-    Family("qwen2-audio", ("Qwen2AudioForConditionalGeneration",), cuts_at_chunk=True),
-    Family("qwen2.5-omni", ("Qwen2_5OmniModel", "Qwen2_5OmniForConditionalGeneration",
-                            "Qwen2_5OmniThinkerForConditionalGeneration"), needs_torchvision=True, cuts_at_chunk=True),
-    Family("qwen3-omni", ("Qwen3OmniMoeForConditionalGeneration",
-                          "Qwen3OmniMoeThinkerForConditionalGeneration"), needs_torchvision=True),
-    # QWenLMHeadModel is also text-only Qwen-7B: only a config with an `audio` section is Qwen-Audio. Beyond
-    # seq_length 2048 the published model switches on dynamic NTK and log-n attention, which ours does not.
-    Family("qwen-audio-chat", ("QWenLMHeadModel",), config_key="audio", max_model_len=2048),
-)  # fmt: skip
 _BY_ARCHITECTURE = {arch: family for family in FAMILIES for arch in family.architectures}
 
 
@@ -63,7 +37,7 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def detect(model_path: str | Path) -> Family | None:
+def detect(model_path: str | Path) -> ModelFamily | None:
     """The family of the checkpoint at ``model_path``; None for a hub id, a missing or unknown config."""
     config = _read_json(Path(model_path) / "config.json")
     architectures = config.get("architectures")

@@ -7,7 +7,7 @@ One tiny MiDashengLM engine started by the engine contract (which turns on ``--e
 ``--clients`` threads each send chat requests with a ``--audio-seconds`` tone back to back, so the engine always
 has about that many requests in flight. Prints the mean of each signal over the samples: requests in vLLM's API
 server (audio loading, processing, detokenising) are in ``/load`` but not in the scheduler's gauges, which is why
-the gateway routes by ``/load`` (server/routing/pool.py).
+the gateway routes by ``/load`` (server/routing/load_reports.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
-from tests.engine import start_engine
+from tests.support.engine import start_engine
 
 
 def tone_wav_base64(seconds: float, rate: int = 16_000) -> str:

@@ -18,7 +18,7 @@ from vllm.v1.structured_output.backend_xgrammar import choice_as_grammar
 
 from server.config import load_settings
 from server.guards.structured import StructuredLimits
-from tests.server.corpus.structured import schema_format, worst_allowed
+from tests.support.corpus.structured import schema_format, worst_allowed
 
 VOCAB_SIZE = 151_000
 TRIVIAL: dict[str, dict[str, Any]] = {

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.families.facts import DEFAULT_CHOICES, ModelFacts, family_facts, parse_facts
+from server.families.registry import DEFAULT_FAMILY
 
 MiB = 1024 * 1024
 DEFAULT_MAX_NUM_SEQS = 256
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
     engine_metrics_max_bytes: int = Field(4 * MiB, ge=4096)
     """Most of an engine's ``/metrics`` answer read per round (reading stops once both series are in hand)."""
 
-    # --- routing (server/routing/policies.py, docs/routing.md) ---
+    # --- routing (server/routing/policies/, docs/routing.md) ---
     routing: Literal["least-request", "least-work", "affinity", "affinity-least-work"] = "affinity-least-work"
     """Which healthy engine takes a request: fewest requests; least work (audio + text prefill tokens not done yet
     + decode tokens outstanding); the engine rendezvous hashing of the request's first clip picks (multi-turn
@@ -186,10 +187,11 @@ class Settings(BaseSettings):
     """Served model name → its family and audio facts (server/families/facts.py), JSON: ``{"name": "qwen2-audio"}``
     or ``{"name": {"family": "qwen2-audio", "max_clip_seconds": 30}}``. ``alm serve`` fills it in from the
     checkpoints; a model not named here gets ``audio_token_model``'s facts."""
-    audio_token_model: str = "midashenglm"
+    audio_token_model: str = DEFAULT_FAMILY
     """The family of models ``model_facts`` does not name (their audio-token formula, clip limit and transcription
-    prompt): ``midashenglm``, ``qwen2-audio``, ``qwen2.5-omni``, ``qwen3-omni``, or ``none`` (MiDashengLM's facts
-    with audio counted as 0 tokens, for models whose formula the gateway does not know)."""
+    prompt): a family of server/families/registry.py (``midashenglm``, ``qwen2-audio``, ``qwen2.5-omni``,
+    ``qwen3-omni``, ``qwen-audio-chat``), or ``none`` (MiDashengLM's facts with audio counted as 0 tokens, for
+    models whose formula the gateway does not know)."""
     context_text_bytes_per_token: int = Field(256, ge=0)
     """Text counts as (its non-whitespace UTF-8 bytes) / this many tokens: a lower bound for any tokenizer whose
     longest token is at most this many bytes; 0 → text counted as 0 tokens."""

@@ -8,14 +8,14 @@ identifies the same audio however it was sent (base64, data URL, file, another c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 AFFINITY_HASH_SAMPLES = 160_000
 """Samples of a clip hashed for its affinity key (10 s at 16 kHz; its length in samples is hashed too): enough to
-tell clips apart, at a bounded cost (~0.3 ms) however long the clip."""
+tell clips apart, at a bounded cost however long the clip."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,12 @@ NO_WORK = RequestWork()
 
 def audio_key(samples: np.ndarray) -> bytes:
     """A 16-byte key of a decoded 16 kHz mono clip: equal clips give equal keys whatever their encoding."""
-    digest = hashlib.blake2b(digest_size=16)
+    # xxh3 over the PCM in place (no copy): 0.01 ms for 10 s of audio where blake2b over a copy took 0.68 ms, a
+    # quarter of the gateway's CPU per request in a profile. Not a security boundary: a collision only routes two
+    # clips to one engine.
+    digest = xxhash.xxh3_128()
     digest.update(len(samples).to_bytes(8, "little"))
-    digest.update(np.ascontiguousarray(samples[:AFFINITY_HASH_SAMPLES], dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(samples[:AFFINITY_HASH_SAMPLES], dtype=np.float32).data)
     return digest.digest()
 
 

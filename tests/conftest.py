@@ -6,10 +6,22 @@ from pathlib import Path
 import pytest
 
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
-from tests.engine import EngineProcess, start_engine
+from tests.support.engine import EngineProcess, start_engine
 
 # vLLM on CPU sizes its KV cache from this (GiB); the tiny model needs little.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+ENGINE_FIXTURES = frozenset({"engine_server", "doomed_engine", "family_server"})
+"""Fixtures that start a real vLLM engine; modules that start their own say so with ``pytestmark``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `engine`: the test needs a real vLLM engine (~25 s to start); `-m "not engine and not containers"` is the fast
+    # loop. Marked from the fixtures a test uses, so a new test on the session engine is marked without saying so.
+    for item in items:
+        if ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
 
 
 @pytest.fixture(scope="session")

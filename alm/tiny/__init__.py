@@ -3,7 +3,8 @@
 ``make(family, out, seed)`` is ``alm make-tiny --family FAMILY --out DIR``. The Qwen makers use transformers' own
 config and model classes at tiny sizes vLLM's CPU kernels accept (decoder head_dim 64) and a byte-level BPE
 tokenizer trained on the spot with the family's published special tokens and chat template; MiDashengLM's maker
-lives with its plugin. Model modules are imported only when their family is made.
+lives with its plugin. Each family's maker is named by its registry entry (server/families/registry.py); model
+modules are imported only when their family is made.
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ import importlib
 import shutil
 from pathlib import Path
 
-FAMILIES: dict[str, str] = {
-    "midashenglm": "model_plugins.midashenglm.tiny:make_tiny_checkpoint",
-    "qwen2-audio": "alm.tiny.qwen2_audio:make",
-    "qwen2.5-omni": "alm.tiny.qwen2_5_omni:make",
-    "qwen3-omni": "alm.tiny.qwen3_omni:make",
-    "qwen-audio-chat": "model_plugins.qwen_audio.tiny:make",
-}
-"""``--family`` name → ``module:function(out_dir, seed=...)`` writing the checkpoint."""
-DEFAULT_FAMILY = "midashenglm"
+from server.families.registry import FAMILIES as REGISTRY
+
+FAMILIES: dict[str, str] = {family.name: family.tiny_maker for family in REGISTRY}
+"""``--family`` name → ``module:function(out_dir, seed=...)`` writing the checkpoint (server/families/registry.py)."""
 
 
 def make(family: str, out_dir: Path | str, seed: int = 0) -> Path:

@@ -36,7 +36,7 @@ from tests.containers.stack import (
     build_images,
     wait_for,
 )
-from tests.server.audio_synth import audio_part
+from tests.support.audio_synth import audio_part
 
 CLIENTS = 8
 OWN_COUNTS_ONLY = "services:\n  gateway:\n    environment:\n      ALM_ENGINE_LOAD_METRICS: 'false'\n"

@@ -39,7 +39,7 @@ from bench.containers.arms import ContainerArm, HostArm, affinity, cpu_seconds, 
 from bench.gateway.bench import audio, body, load, pct  # noqa: E402
 from model_plugins.midashenglm.tiny import ensure_tiny_checkpoint  # noqa: E402
 from tests.containers.stack import IMAGE, SERVED_MODEL, PodmanService, build_images, image_size_bytes  # noqa: E402
-from tests.server.audio_synth import encode, speechlike  # noqa: E402
+from tests.support.audio_synth import encode, speechlike  # noqa: E402
 
 RATE, SECONDS, MAX_TOKENS = 16_000, 10.0, 8
 COLD = (

@@ -36,9 +36,6 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "server"))
-
-from audio_synth import encode, speechlike  # noqa: E402
 
 from alm.engine import EngineSettings, engine_launch  # noqa: E402
 from alm.gateway import gateway_argv  # noqa: E402
@@ -46,6 +43,7 @@ from alm.paths import cache_dir, make_shared_audio_dir  # noqa: E402
 from alm.processes import free_port, stop_process, wait_ok  # noqa: E402
 from server.ingest.audio.clip import TARGET_RATE, AudioLimits, decode_audio, decode_base64, encode_wav_base64  # noqa: E402
 from server.ingest.shared_audio import SharedAudioDir  # noqa: E402
+from tests.support.audio_synth import encode, speechlike  # noqa: E402
 
 MODEL = "bench-model"
 
@@ -254,7 +252,7 @@ FAKE_ENGINE = """
 import sys
 sys.path.insert(0, sys.argv[2])
 import uvicorn
-from fakes import FakeEngine
+from tests.support.fakes import FakeEngine
 engine = FakeEngine(model=sys.argv[3])
 engine.bodies = type("Discard", (list,), {"append": lambda self, item: None})()
 uvicorn.run(engine.app(), port=int(sys.argv[1]), log_level="warning")

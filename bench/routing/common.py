@@ -24,8 +24,8 @@ from alm.processes import free_port, stop_process, wait_ok
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
 from server.api.app import create_app
 from server.config import load_settings
-from tests.engine import EngineProcess, start_engine
-from tests.server.fakes import serve
+from tests.support.engine import EngineProcess, start_engine
+from tests.support.fakes import serve
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ import openai
 from bench.routing.common import clip_part, gateway
 from model_plugins.midashenglm.tiny import make_tiny_checkpoint
 from server.relay.resume import resume_body
-from tests.engine import EngineProcess, kill_tree, start_engine
+from tests.support.engine import EngineProcess, kill_tree, start_engine
 
 MODEL = "tiny-midashenglm"
 

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from bench.routing.common import clip_part, gateway, quantile, two_engines, vllm_router
-from tests.engine import EngineProcess
+from tests.support.engine import EngineProcess
 
 ARMS = ("least-work", "least-request", "vllm-router-rr")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from bench.routing.common import clip_part, engine_counter, gateway, quantile, two_engines
-from tests.engine import EngineProcess
+from tests.support.engine import EngineProcess
 
 ARMS = ("affinity-least-work", "least-request")
 

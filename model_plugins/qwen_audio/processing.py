@@ -4,33 +4,20 @@ Each OpenAI audio part reaches the chat template as `Audio N:<audio></audio>` (t
 </audio>` without a path: no file names or URLs ever enter the prompt). This module hands each clip's 16 kHz
 mono float32 waveform to the model and expands its `<audio></audio>` to the published span: `<audio>`, n pad
 tokens, `</audio>`, all n + 2 of which the model overwrites with [bos, encoder output, eos]. A clip over 30 s
-becomes consecutive spans, one per <= 30 s piece (spans.py), so every second is heard.
+becomes consecutive spans, one per <= 30 s piece (spans.py), so every second is heard. What every audio plugin's
+processing shares (clip checks, the waveform field, the data parser) is model_plugins/processing_base.py.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import cast
 
-import numpy as np
-import numpy.typing as npt
-import torch
-from transformers import BatchFeature
-from vllm.config.multimodal import MultiModalDummyOptions
-from vllm.inputs import MultiModalDataDict
-from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataItems, MultiModalDataParser
-from vllm.multimodal.processing import (
-    BaseDummyInputsBuilder,
-    BaseMultiModalProcessor,
-    BaseProcessingInfo,
-    PromptReplacement,
-    PromptUpdate,
-    PromptUpdateDetails,
-)
+from vllm.multimodal.inputs import MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate, PromptUpdateDetails
 
-from model_plugins.clips import checked_samples
+from model_plugins.processing_base import AudioDummyInputsBuilder, AudioMultiModalProcessor, AudioProcessingInfo
 
 from .config import QWenAudioConfig
-from .spans import PIECE_SAMPLES, SAMPLE_RATE, clip_spans, clip_tokens, span_tokens
+from .spans import PIECE_SAMPLES, clip_spans, clip_tokens, span_tokens
 from .tokenizer import AUDIO_END, AUDIO_PAD, AUDIO_START, PAD_OFFSET
 
 
@@ -50,24 +37,9 @@ def longest_clip_within(tokens: int) -> int:
     return whole * PIECE_SAMPLES + (low if span_tokens(low) <= rest else 0)
 
 
-class QWenAudioProcessingInfo(BaseProcessingInfo):
+class QWenAudioProcessingInfo(AudioProcessingInfo):
     def get_hf_config(self) -> QWenAudioConfig:
         return self.ctx.get_hf_config(QWenAudioConfig)
-
-    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        return {"audio": None}
-
-    def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
-        return {"audio_kwargs": set()}  # no HF processor: nothing to route
-
-    def get_data_parser(self) -> MultiModalDataParser:
-        # vLLM decodes and (only if needed) resamples to 16 kHz mono; soxr, not torchaudio.
-        return MultiModalDataParser(
-            target_sr=SAMPLE_RATE,
-            target_channels=1,
-            audio_resample_method="soxr",
-            expected_hidden_size=self._get_expected_hidden_size(),
-        )
 
     def token_ids(self) -> tuple[int, int, int]:
         """`<audio>`, `</audio>` and the pad token between them, from the config's `audio_start_id`
@@ -78,44 +50,21 @@ class QWenAudioProcessingInfo(BaseProcessingInfo):
         start = int(audio.audio_start_id)
         return start, start + 1, start - PAD_OFFSET
 
-    def max_audio_samples(self) -> int:
-        return int(self.get_hf_config().max_audio_seconds * SAMPLE_RATE)
-
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
         # Sizes vLLM's encoder cache: the longest clip we accept, or what fits in the context, whichever is less.
         return {"audio": min(clip_tokens(self.max_audio_samples()), seq_len)}
 
 
-class QWenAudioDummyInputsBuilder(BaseDummyInputsBuilder[QWenAudioProcessingInfo]):
+class QWenAudioDummyInputsBuilder(AudioDummyInputsBuilder[QWenAudioProcessingInfo]):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
         return "".join(placeholder(i + 1) for i in range(mm_counts.get("audio", 0)))
 
-    def get_dummy_mm_data(
-        self, seq_len: int, mm_counts: Mapping[str, int], mm_options: MultiModalDummyOptions
-    ) -> MultiModalDataDict:
-        length = max(1, min(self.info.max_audio_samples(), longest_clip_within(seq_len)))
-        return {
-            "audio": self._get_dummy_audios(
-                length=length, num_audios=mm_counts.get("audio", 0), overrides=mm_options.get("audio")
-            )
-        }
+    def dummy_clip_samples(self, seq_len: int) -> int:
+        # The longest clip whose spans fit the context (2048 tokens: ~81 s), not the engine's longest clip.
+        return max(1, min(self.info.max_audio_samples(), longest_clip_within(seq_len)))
 
 
-class QWenAudioMultiModalProcessor(BaseMultiModalProcessor[QWenAudioProcessingInfo]):
-    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
-        """Validate each clip and hand its waveform to the model (no HF processor)."""
-        clips = cast("Sequence[npt.ArrayLike]", hf_data.get("audio") or [])
-        longest = self.info.max_audio_samples()
-        waveforms = []
-        for index, clip in enumerate(clips):
-            waveforms.append(torch.from_numpy(checked_samples(clip, index, longest, SAMPLE_RATE)))
-        return BatchFeature({"waveform": waveforms}, tensor_type=None)
-
-    def _get_mm_fields_config(
-        self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
-    ) -> Mapping[str, MultiModalFieldConfig]:
-        return {"waveform": MultiModalFieldConfig.batched("audio")}
-
+class QWenAudioMultiModalProcessor(AudioMultiModalProcessor[QWenAudioProcessingInfo]):
     def _get_prompt_updates(
         self,
         mm_items: MultiModalDataItems,
@@ -125,9 +74,8 @@ class QWenAudioMultiModalProcessor(BaseMultiModalProcessor[QWenAudioProcessingIn
         start, end, pad = self.info.token_ids()
 
         def expand(item_index: int) -> PromptUpdateDetails:
-            clip = mm_items.get_items("audio", AudioProcessorItems).get(item_index)
             tokens: list[int] = []
-            for span in clip_spans(int(np.asarray(clip).size)):
+            for span in clip_spans(self.clip_samples(mm_items, item_index)):
                 tokens += [start, *([pad] * (span - 2)), end]
             return PromptUpdateDetails.from_seq(tokens)  # every position, bos and eos included, is audio
 

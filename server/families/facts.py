@@ -1,8 +1,9 @@
 """Per-model audio facts: what the gateway must know about a served model to take its audio honestly.
 
-One table per family (``FAMILIES``); the launcher that has the checkpoint (``alm serve``, alm/families.py) tells
-the gateway which family each served model is and what the checkpoint itself says (``ALM_MODEL_FACTS``, JSON:
-``{"served-name": "qwen2-audio"}`` or ``{"served-name": {"family": "qwen2-audio", "max_clip_seconds": 30}}``).
+Each family's defaults (``FAMILIES``) come from its entry in the registry (server/families/registry.py); the
+launcher that has the checkpoint (``alm serve``, alm/families.py) tells the gateway which family each served model
+is and what the checkpoint itself says (``ALM_MODEL_FACTS``, JSON: ``{"served-name": "qwen2-audio"}`` or
+``{"served-name": {"family": "qwen2-audio", "max_clip_seconds": 30}}``).
 A model the setting does not name gets the default family's facts (``ALM_AUDIO_TOKEN_MODEL``, MiDashengLM), as
 before per-model facts existed.
 
@@ -18,14 +19,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.families.tokens import FORMULAS, AudioTokenCount
+from server.families.registry import BY_NAME, DEFAULT_FAMILY, FORMULAS, ModelFamily
+from server.families.tokens import UNCOUNTED, AudioTokenCount
 
 GATEWAY_RATE = 16_000
 """The rate the gateway resamples every clip to (server/ingest/audio/limits.py ``TARGET_RATE``)."""
+_DEFAULT = BY_NAME[DEFAULT_FAMILY]
 
 
 class ModelFacts(BaseModel):
-    """What one served model does with audio."""
+    """What one served model does with audio (a field left out: the default family's, MiDashengLM)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -35,11 +38,11 @@ class ModelFacts(BaseModel):
     max_clip_seconds: float | None = Field(default=None, gt=0)
     """Longest clip one audio item may hold before the model's processor cuts it; None: no cut (the gateway's
     own ``max_audio_seconds`` still applies)."""
-    audio_tokens: str = "midashenglm"
-    """Formula for the prompt tokens of one clip (a key of server/families/tokens.py ``FORMULAS``)."""
-    audio_placeholder: str = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+    audio_tokens: str = _DEFAULT.formula.name
+    """Formula for the prompt tokens of one clip (a key of server/families/registry.py ``FORMULAS``)."""
+    audio_placeholder: str = _DEFAULT.audio_placeholder
     """What the chat template writes for one audio item (its middle token is expanded to the audio tokens)."""
-    transcription_prompt: str = "Transcribe the audio."
+    transcription_prompt: str = _DEFAULT.transcription_prompt
     """Instruction ``/v1/audio/transcriptions`` sends with the clip (``ALM_TRANSCRIPTION_PROMPT`` overrides it)."""
 
     @field_validator("sample_rate")
@@ -60,50 +63,29 @@ class ModelFacts(BaseModel):
     def count_audio(self) -> AudioTokenCount:
         return FORMULAS[self.audio_tokens]
 
+    @classmethod
+    def of(cls, family: ModelFamily) -> ModelFacts:
+        """A family's defaults, as its registry entry states them."""
+        return cls(
+            family=family.name,
+            max_clip_seconds=family.max_clip_seconds,
+            audio_tokens=family.formula.name,
+            audio_placeholder=family.audio_placeholder,
+            transcription_prompt=family.transcription_prompt,
+        )
 
-FAMILIES: dict[str, ModelFacts] = {
-    "midashenglm": ModelFacts(family="midashenglm"),
-    # Whisper feature extractor, chunk_length 30 (vLLM passes truncation=True): a longer clip is cut at 30 s.
-    "qwen2-audio": ModelFacts(
-        family="qwen2-audio",
-        max_clip_seconds=30.0,
-        audio_tokens="whisper",
-        transcription_prompt="Detect the language and recognize the speech.",
-    ),
-    # Published preprocessor_config.json chunk_length 300; transformers' processor pads and cuts to it.
-    "qwen2.5-omni": ModelFacts(
-        family="qwen2.5-omni",
-        max_clip_seconds=300.0,
-        audio_tokens="whisper",
-        transcription_prompt="Transcribe the audio into text.",
-    ),
-    # Its processor does not truncate (truncation False); the model card: up to 40 minutes of audio.
-    "qwen3-omni": ModelFacts(
-        family="qwen3-omni",
-        max_clip_seconds=2400.0,
-        audio_tokens="qwen3-omni",
-        audio_placeholder="<|audio_start|><|audio_pad|><|audio_end|>",
-        transcription_prompt="Transcribe this audio.",  # vLLM's own transcription prompt for Qwen3-Omni
-    ),
-    # Our plugin (model_plugins/qwen_audio): a clip over 30 s becomes consecutive <= 30 s spans in the prompt, so
-    # nothing is cut (no max_clip_seconds); the context (2048 tokens) bounds a request to ~81 s of audio.
-    "qwen-audio-chat": ModelFacts(
-        family="qwen-audio-chat",
-        audio_tokens="qwen-audio",
-        audio_placeholder="Audio 1:<audio></audio>",
-        transcription_prompt="What does the person say?",  # the published Qwen-Audio-Chat README's example
-    ),
-}
+
+FAMILIES: dict[str, ModelFacts] = {name: ModelFacts.of(family) for name, family in BY_NAME.items()}
 """Family defaults; a checkpoint's own values (alm/families.py ``checkpoint_facts``) override them."""
-DEFAULT_CHOICES = (*FAMILIES, "none")
+DEFAULT_CHOICES = (*FAMILIES, UNCOUNTED.name)
 """Values of ``ALM_AUDIO_TOKEN_MODEL``: the family of models ``ALM_MODEL_FACTS`` does not name; ``none`` →
 MiDashengLM's facts with audio counted as 0 tokens."""
 
 
 def family_facts(name: str) -> ModelFacts:
     """The defaults of ``DEFAULT_CHOICES`` member ``name``."""
-    if name == "none":
-        return FAMILIES["midashenglm"].model_copy(update={"audio_tokens": "none"})
+    if name == UNCOUNTED.name:
+        return FAMILIES[DEFAULT_FAMILY].model_copy(update={"audio_tokens": UNCOUNTED.name})
     return FAMILIES[name]
 
 

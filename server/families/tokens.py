@@ -1,13 +1,15 @@
 """How many prompt tokens one audio clip becomes, per model family: the audio part of the gateway's context budget.
 
 Each formula maps a clip's length in samples at 16 kHz (what the gateway hands every engine) to the placeholder
-tokens the engine's processor expands it to. A served model's facts (server/families/facts.py) name its formula.
+tokens the engine's processor expands it to. Each family's entry in the registry (server/families/registry.py)
+holds its ``Formula``; a served model's facts name theirs (``audio_tokens``, a key of the registry's ``FORMULAS``).
 Clips longer than a model's window never reach these formulas: the gateway refuses them first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 AudioTokenCount = Callable[[int], int]
 """16 kHz samples of one clip → audio tokens in the prompt."""
@@ -55,11 +57,15 @@ def uncounted(n_samples: int) -> int:
     return 0
 
 
-FORMULAS: dict[str, AudioTokenCount] = {
-    "midashenglm": midashenglm,
-    "whisper": whisper,
-    "qwen3-omni": qwen3_omni,
-    "qwen-audio": qwen_audio,
-    "none": uncounted,
-}
-"""Values of a model's ``audio_tokens`` fact."""
+class Formula(NamedTuple):
+    """A token formula and the name ``ALM_MODEL_FACTS`` / ``audio_tokens`` call it by."""
+
+    name: str
+    count: AudioTokenCount
+
+
+MIDASHENGLM = Formula("midashenglm", midashenglm)
+WHISPER = Formula("whisper", whisper)
+QWEN3_OMNI = Formula("qwen3-omni", qwen3_omni)
+QWEN_AUDIO = Formula("qwen-audio", qwen_audio)
+UNCOUNTED = Formula("none", uncounted)

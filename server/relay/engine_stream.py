@@ -12,7 +12,7 @@ import aiohttp
 from server.errors import GatewayError, UpstreamError
 from server.relay.resume import Resume, StreamText
 from server.relay.sse import EventTooLarge, sse_error
-from server.routing.pool import Engine
+from server.routing import Engine
 from server.work import RequestWork
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)

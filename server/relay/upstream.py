@@ -44,7 +44,7 @@ from server.relay.engine_errors import is_retryable, openai_error_body, read_cap
 from server.relay.engine_stream import TRANSPORT_ERRORS, Call, EngineStream, Leg
 from server.relay.resume import Resume, StreamText, resume_body
 from server.relay.sse import EventTooLarge, sse_events
-from server.routing.pool import Engine, EnginePool
+from server.routing import Engine, EnginePool
 from server.work import RequestWork
 
 log = logging.getLogger("server.relay.upstream")

@@ -4,7 +4,7 @@ OpenAI's usage object has no field for audio duration; the openai SDK's ``Comple
 (its models allow extras: ``completion.usage.audio_seconds`` in Python, ``usage.model_extra``), so clients that do
 not know the field ignore it. It is written into the engine's answer as a byte edit, not a JSON round trip: the
 engine's JSON (megabytes, when logprobs are asked for) is never parsed again. Cost: about 1 µs per answer of a
-typical size (tests/server/test_usage.py prints the measurement).
+typical size (tests/server/relay/test_usage.py prints the measurement).
 """
 
 from __future__ import annotations

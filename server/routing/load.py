@@ -3,7 +3,7 @@ last reported them.
 
 Every health round reads the engine's ``/load`` (requests inside its API server, from arrival to answer) and
 ``vllm:num_requests_running`` / ``vllm:num_requests_waiting`` from its ``/metrics`` (the scheduler's part of
-those): they count the requests of *every* gateway in front of it.
+those; server/routing/load_reports.py reads both): they count the requests of *every* gateway in front of it.
 
     load = own outstanding now + other gateways' requests (smoothed over reports)
 
@@ -20,13 +20,7 @@ slow replica holds each request longer and serves fewer.)
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterable
 from dataclasses import dataclass
-
-RUNNING = b"vllm:num_requests_running"
-WAITING = b"vllm:num_requests_waiting"
-_WANTED = (RUNNING, WAITING)
 
 
 @dataclass(frozen=True)
@@ -107,53 +101,3 @@ class EngineLoad:
         if report is None or now - report.at > max_age_s:
             return self.outstanding
         return self.outstanding + int(self.others)
-
-
-class MetricsTooLarge(ValueError):
-    """The engine's ``/metrics`` answer ran past the byte limit before both series were read."""
-
-
-async def read_report(lines: AsyncIterable[bytes], max_bytes: int) -> tuple[int, int] | None:
-    """(running, waiting) from Prometheus text exposition lines, each family summed over its label sets
-    (one per served model / data-parallel rank); None if either family is missing or a value is not a finite
-    count. Stops at the first line after both families (a family's lines are contiguous in the format), so a
-    vLLM answer of ~100 KiB is read only up to its scheduler gauges."""
-    totals: dict[bytes, float] = {}
-    read = 0
-    async for line in lines:
-        read += len(line)
-        if read > max_bytes:
-            raise MetricsTooLarge(f"more than {max_bytes} bytes of /metrics before both load series")
-        name = _sample_name(line)
-        if name in _WANTED:
-            value = _sample_value(line)
-            if value is None:
-                return None
-            totals[name] = totals.get(name, 0.0) + value
-        elif len(totals) == len(_WANTED) and not line.startswith(b"#"):
-            break
-    if len(totals) < len(_WANTED):
-        return None
-    return round(totals[RUNNING]), round(totals[WAITING])
-
-
-def _sample_name(line: bytes) -> bytes:
-    end = len(line)
-    for stop in (b"{", b" "):
-        at = line.find(stop, 0, end)
-        if at >= 0:
-            end = at
-    return line[:end].strip()
-
-
-def _sample_value(line: bytes) -> float | None:
-    """The value of ``name{labels} value [timestamp]``; None unless a finite, non-negative number."""
-    close = line.rfind(b"}")
-    fields = line[close + 1 if close >= 0 else 0 :].split()
-    if close < 0:
-        fields = fields[1:]  # drop the name
-    try:
-        value = float(fields[0])
-    except (IndexError, ValueError):
-        return None
-    return value if math.isfinite(value) and value >= 0 else None

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from alm.engine import NO_URL_FETCHING, EngineSettings, engine_launch
-from tests.engine import EngineProcess
+from tests.support.engine import EngineProcess
 
 
 def wav(seconds: float = 1.0) -> bytes:

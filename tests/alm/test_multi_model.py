@@ -96,6 +96,7 @@ def test_served_model_name_applies_to_one_model_only(clean_env, capsys: pytest.C
     assert "--served-model-name applies to one --model" in capsys.readouterr().err
 
 
+@pytest.mark.engine
 def test_alm_serve_routes_two_families_by_model(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """One real stack: a MiDashengLM and a Qwen2-Audio engine behind one gateway. Each answers its own model
     (its own audio-token count), and the gateway refuses a clip past Qwen2-Audio's 30 s window."""

@@ -41,6 +41,7 @@ def audio_message() -> list[dict]:
     ]
 
 
+@pytest.mark.engine
 def test_alm_serve_serves_then_drains(tiny_checkpoint, tmp_path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALM_")}

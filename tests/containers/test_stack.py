@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.containers.stack import ENGINE_START_TIMEOUT_S, SERVED_MODEL, Stack, run, tool, wait_for
-from tests.server.audio_synth import audio_part, encode, tone
+from tests.support.audio_synth import audio_part, encode, tone
 
 pytestmark = pytest.mark.containers
 

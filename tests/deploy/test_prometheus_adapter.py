@@ -68,7 +68,9 @@ def test_the_hpa_target_is_reachable_with_the_default_engine_queue():
 def test_the_adapters_query_returns_an_overloaded_engines_queue(tmp_path: Path):
     name, target = hpa_metric()
     query = rendered_query(adapter_rule(name))
-    over = int(target) + 3  # what an overloaded engine reports (the real one: tests/server/test_scaling_engine.py)
+    over = (
+        int(target) + 3
+    )  # what an overloaded engine reports (the real one: tests/server/routing/test_scaling_engine.py)
     case = {
         "evaluation_interval": "1m",
         "tests": [{

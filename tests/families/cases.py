@@ -10,8 +10,8 @@ import openai
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from tests.engine import EngineProcess
 from tests.families.support import chat, noise, tone, user
+from tests.support.engine import EngineProcess
 
 CLIP_A = tone(5.0)
 CLIP_B = noise(3.0, seed=1)

@@ -16,10 +16,10 @@ from alm.tiny import make
 from alm.tiny.tokenizer import token_ids
 from server.api.app import create_app
 from server.config import load_settings
-from tests.engine import EngineProcess
 from tests.families import cases
 from tests.families.support import family_engine, transformers_answers
-from tests.server.fakes import serve
+from tests.support.engine import EngineProcess
+from tests.support.fakes import serve
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import openai
 import pytest
 
 from server.families.facts import FAMILIES
-from tests.engine import EngineProcess
 from tests.families.cases import CLIP_A, CLIP_B, MULTI_TURN
 from tests.families.support import RATE, audio_part, chat, engine_tokens, tone, user, wav_b64
-from tests.server.waiting import wait_until
+from tests.support.engine import EngineProcess
+from tests.support.waiting import wait_until
 
 PARAM = "messages[0].content[0].input_audio.data"
 
@@ -90,7 +90,7 @@ def test_gateway_refuses_a_clip_past_the_window(gateway_client: openai.OpenAI, f
                                                 request: pytest.FixtureRequest) -> None:  # fmt: skip
     """Two seconds past the family's window: a 400 that names the limit, not a 200 that heard part of the clip.
     FLAC silence keeps even Qwen3-Omni's 40 minutes small, and past the 1 s of slack the header check allows it is
-    refused before a sample is decoded (the exact edge: tests/server/test_model_facts.py)."""
+    refused before a sample is decoded (the exact edge: tests/server/families/test_model_facts.py)."""
     window: float = _module(request).WINDOW_S
     clip = np.zeros(int((window + 2) * RATE), dtype=np.float32)
     with pytest.raises(openai.BadRequestError) as refused:

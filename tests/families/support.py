@@ -20,7 +20,7 @@ import openai
 import soundfile as sf
 
 from alm.families import engine_env
-from tests.engine import EngineProcess, start_engine
+from tests.support.engine import EngineProcess, start_engine
 
 RATE = 16000
 GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"repetition_penalty": 1.0, "return_token_ids": True}}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import openai
 
-from tests.engine import EngineProcess
 from tests.families.cases import (  # noqa: F401  # collected here: this family's rows
     test_audio_tokens_5s_and_45s,
     test_chat_non_stream,
@@ -27,6 +26,7 @@ from tests.families.gateway_cases import (  # noqa: F401  # collected here: this
     test_gateway_transcription,
 )
 from tests.families.support import chat, tone, user
+from tests.support.engine import EngineProcess
 
 FAMILY = "qwen2-audio"
 AUDIO_TOKEN = "<|AUDIO|>"

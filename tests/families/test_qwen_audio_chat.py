@@ -18,7 +18,6 @@ import pytest
 
 from model_plugins.qwen_audio.tokenizer import register_with_transformers
 from server.families.facts import FAMILIES
-from tests.engine import EngineProcess, start_engine
 from tests.families.cases import (  # noqa: F401  # collected here: this family's rows
     test_audio_tokens_5s_and_45s,
     test_chat_non_stream,
@@ -29,6 +28,9 @@ from tests.families.gateway_cases import (  # noqa: F401  # collected here: this
     test_gateway_transcription,
 )
 from tests.families.support import RATE, audio_part, chat, tone, user
+from tests.support.engine import EngineProcess, start_engine
+
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
 
 register_with_transformers()  # the `tokenizer` fixture's AutoTokenizer finds QWenTokenizer without remote code
 

@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
-from fakes import FakeEngine, serve
 
 from server.api.app import create_app
 from server.config import load_settings
-from tests.engine import EngineProcess, kill_tree, start_engine
+from tests.support.engine import EngineProcess, kill_tree, start_engine
+from tests.support.fakes import FakeEngine, serve
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from audio_synth import audio_part, chat_body, encode, tone
-from fakes import serve
-from waiting import wait_until
 
 from server.api.app import create_app
 from server.config import load_settings
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
+from tests.support.fakes import serve
+from tests.support.waiting import wait_until
 
 LIMITS = dict(max_audio_bytes=400_000, max_audio_seconds=20.0, max_clips_per_request=2)
 

@@ -15,12 +15,12 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-from audio_synth import audio_part, chat_body, encode, tone
-from fakes import FakeEngine, serve
-from waiting import wait_until
 
 from server.config import load_settings
 from server.ingest.audio.clip import AudioLimits, decode_audio
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
+from tests.support.fakes import FakeEngine, serve
+from tests.support.waiting import wait_until
 
 M = "fake-model"
 

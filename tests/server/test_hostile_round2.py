@@ -15,12 +15,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from audio_synth import audio_part, chat_body, encode, tone
-from fakes import FakeEngine, serve
-from hostile import RawClient
-from test_failover import A_CREATED, A_ID, B_CREATED, B_ID, M, chunk, gateway, sdk, start
-from test_streams import in_flight, metric
-from waiting import wait_until
 
 import server.ingest.prepare
 from alm.processes import free_port
@@ -30,6 +24,12 @@ from server.config import load_settings
 from server.ingest.shared_audio import SharedAudioDir
 from server.relay.resume import Resume, StreamText, resume_body, resume_plan
 from server.relay.usage import without_usage
+from tests.server.relay.test_failover import A_CREATED, A_ID, B_CREATED, B_ID, M, chunk, gateway, sdk, start
+from tests.server.relay.test_streams import in_flight, metric
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
+from tests.support.fakes import FakeEngine, serve
+from tests.support.hostile import RawClient
+from tests.support.waiting import wait_until
 
 # ------------------------------------------------------------------ a clip file that failed half-way
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from audio_synth import chat_body
-from hostile import RawClient
 
 from server.guards.headers import HostPolicy
+from tests.support.audio_synth import chat_body
+from tests.support.hostile import RawClient
 
 M = "fake-model"
 CHAT = "/v1/chat/completions"

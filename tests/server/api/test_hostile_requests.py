@@ -9,12 +9,12 @@ import time
 import httpx
 import jsonschema
 import pytest
-from audio_synth import audio_part, chat_body, encode, tone
-from hostile import RawClient, json_bytes
 
 from server.api.app import create_app
 from server.config import load_settings
 from server.guards.fields import DENIED_FIELDS
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
+from tests.support.hostile import RawClient, json_bytes
 
 M = "fake-model"
 CHAT = "/v1/chat/completions"

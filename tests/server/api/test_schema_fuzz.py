@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 import schemathesis
-from fakes import FakeEngine, serve
 from hypothesis import HealthCheck, settings
 
 from server.api.app import create_app
 from server.config import load_settings
+from tests.support.fakes import FakeEngine, serve
 
 CASES = 250
 ENGINE_MODEL = "fake-model"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from audio_synth import audio_part, chat_body, encode, tone
 from pydantic import ValidationError
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
@@ -15,6 +14,7 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat
 from server.config import load_settings
 from server.families.facts import FAMILIES
 from server.families.tokens import qwen3_omni, whisper
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
 
 QA, MD = "qwen2-audio-7b", "midashenglm-7b"
 FACTS = '{"qwen2-audio-7b": "qwen2-audio"}'

@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from audio_synth import audio_part, chat_body
-from fakes import serve
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from waiting import wait_until
 
 from server.config import load_settings
 from server.ingest.prepare import finish_chat, parse_chat
 from server.routing.policies import request_tokens
 from server.work import EngineWork
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.fakes import serve
+from tests.support.waiting import wait_until
 
 M = "fake-model"
 BROKEN_AUDIO = {"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv", "format": "wav"}}  # "not audio"

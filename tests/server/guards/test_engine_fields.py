@@ -8,15 +8,15 @@ import json
 import httpx
 import openai
 import pytest
-from audio_synth import audio_part, chat_body
-from fakes import serve
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from waiting import wait_until
 
 from server.api.app import create_app
 from server.config import load_settings
 from server.relay.engine_errors import is_retryable
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.fakes import serve
+from tests.support.waiting import wait_until
 
 M = "fake-model"
 CLIP = audio_part("wav", 2.0)

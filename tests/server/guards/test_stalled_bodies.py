@@ -8,13 +8,13 @@ import time
 
 import httpx
 import pytest
-from audio_synth import audio_part, chat_body
-from hostile import RawClient
 
 from server.config import load_settings
 from server.errors import Overloaded
 from server.guards import body as bodyguard
 from server.guards.body import BodyBudget, BodyPace
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.hostile import RawClient
 
 M = "fake-model"
 CHAT = "/v1/chat/completions"

@@ -7,12 +7,12 @@ import random
 
 import httpx
 import pytest
-from audio_synth import chat_body
 
 from server.config import load_settings
 from server.errors import InvalidRequest
 from server.guards.structured import IGNORED_BY_ENGINE, TOO_COMPLEX, StructuredLimits, check_structured_output
-from tests.server.corpus.structured import over_limits, schema_format, worst_allowed
+from tests.support.audio_synth import chat_body
+from tests.support.corpus.structured import over_limits, schema_format, worst_allowed
 
 MODEL = "fake-model"
 LIMITS = StructuredLimits.of(load_settings())

@@ -13,12 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from fakes import serve
 
 from server.api.app import create_app
 from server.config import load_settings
 from server.guards.structured import StructuredLimits
-from tests.server.corpus.structured import worst_allowed
+from tests.support.corpus.structured import worst_allowed
+from tests.support.fakes import serve
+
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
 
 MAX_DELAY_S = 1.0
 

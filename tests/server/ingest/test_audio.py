@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-from audio_synth import encode, tone
 
 from server.errors import InvalidAudio, PayloadTooLarge
 from server.ingest.audio.clip import (
@@ -18,6 +17,7 @@ from server.ingest.audio.clip import (
     encode_wav,
     encode_wav_base64,
 )
+from tests.support.audio_synth import encode, tone
 
 LIMITS = AudioLimits(max_bytes=2_000_000, max_seconds=30.0, min_seconds=0.2)
 RATES = [8_000, 22_050, 44_100, 48_000]

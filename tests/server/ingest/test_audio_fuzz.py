@@ -12,14 +12,14 @@ import time
 import tracemalloc
 
 import numpy as np
-from audio_synth import encode, tone
-from corpus import static_payloads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.errors import InvalidRequest
 from server.ingest.audio.clip import AudioLimits, Clip, decode_audio
 from server.ingest.audio.limits import MAX_ABS_SAMPLE
+from tests.support.audio_synth import encode, tone
+from tests.support.corpus import static_payloads
 
 LIMITS = AudioLimits(max_bytes=1_000_000, max_seconds=10.0, min_seconds=0.1, decode_timeout_s=5.0)
 PARAM = "messages[0].content[0].input_audio.data"

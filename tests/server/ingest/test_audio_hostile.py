@@ -16,14 +16,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from audio_synth import encode, tone
-from corpus import ffconcat, flac_constant, float_wav, hls, sdp, static_payloads, wav_header
 
 from server.config import load_settings
 from server.errors import InvalidAudio
 from server.ingest.audio import decode as audio_decode
 from server.ingest.audio.clip import AudioLimits, Clip, decode_audio
 from server.ingest.audio.sniff import DEMUXERS, from_declared, sniff
+from tests.support.audio_synth import encode, tone
+from tests.support.corpus import ffconcat, flac_constant, float_wav, hls, sdp, static_payloads, wav_header
 
 LIMITS = AudioLimits(max_bytes=2_000_000, max_seconds=30.0, min_seconds=0.2)
 PARAM = "messages[0].content[0].input_audio.data"

@@ -7,14 +7,14 @@ import base64
 
 import httpx
 import pytest
-from audio_synth import audio_part, chat_body, encode, tone
 from pydantic import ValidationError
 
 from server.config import load_settings
 from server.families.tokens import midashenglm
 from server.guards.output import requested_output
 from server.ingest.context_budget import text_tokens_min
-from server.routing.pool import _max_model_lens
+from server.routing.health import _max_model_lens
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
 
 M = "fake-model"
 HEAD = "This model's maximum context length is {} tokens. However, "

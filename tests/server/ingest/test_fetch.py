@@ -8,14 +8,14 @@ import json
 
 import httpx
 import pytest
-from audio_synth import chat_body, encode, tone
-from fakes import serve
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 
 from server.config import load_settings
 from server.errors import InvalidAudio
 from server.guards.url import is_public, parse_audio_url, vet_audio_url
+from tests.support.audio_synth import chat_body, encode, tone
+from tests.support.fakes import serve
 
 M = "fake-model"
 

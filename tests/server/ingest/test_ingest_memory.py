@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from audio_synth import encode, tone
-from corpus import flac_constant
-from fakes import FakeEngine
 
 from alm.processes import free_port, stop_process, wait_ok
+from tests.support.audio_synth import encode, tone
+from tests.support.corpus import flac_constant
+from tests.support.fakes import FakeEngine
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAX_RSS = 300 << 20
 
 

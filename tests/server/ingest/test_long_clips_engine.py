@@ -18,11 +18,13 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from fakes import serve
 
 from alm.engine import MIB, forwarded_clip_mib
 from server.api.app import create_app
 from server.config import load_settings
+from tests.support.fakes import serve
+
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
 
 SECONDS = 600.0  # the default ALM_MAX_AUDIO_SECONDS, which the session engine is started with
 CLIPS = [  # (rate, subtype, channels, handed over as a file)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from audio_synth import audio_part, chat_body
-from waiting import wait_until
 
 from server.ingest.shared_audio import SharedAudioDir
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.waiting import wait_until
 
 
 def test_clips_go_as_files_that_are_removed_after_the_answer(start_fake, start_gateway, tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from audio_synth import audio_part, chat_body
-from fakes import serve
 
 from server.api.app import create_app
 from server.config import load_settings
-from tests.engine import kill_tree
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.engine import kill_tree
+from tests.support.fakes import serve
 
 LONG = dict(max_tokens=7000, extra_body={"ignore_eos": True})
 

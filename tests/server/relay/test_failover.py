@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from audio_synth import audio_part, chat_body
-from fakes import FakeEngine, serve
-from test_streams import in_flight, metric
-from waiting import wait_until
 
 from server.relay.resume import StreamText, resume_body, resume_plan
+from tests.server.relay.test_streams import in_flight, metric
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.fakes import FakeEngine, serve
+from tests.support.waiting import wait_until
 
 M = "fake-model"
 A_ID, B_ID, A_CREATED, B_CREATED = "chatcmpl-a", "chatcmpl-b", 1_700_000_001, 1_700_000_999

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import httpx
 import openai
-from audio_synth import audio_part, chat_body
-from fakes import serve
-from test_e2e_failover import running
-from waiting import wait_until
+import pytest
 
 from server.api.app import create_app
 from server.config import load_settings
-from tests.engine import kill_tree
+from tests.server.relay.test_e2e_failover import running
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.engine import kill_tree
+from tests.support.fakes import serve
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
 
 TOKENS = 300
 GREEDY = dict(max_tokens=TOKENS, temperature=0, extra_body={"ignore_eos": True})

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
-from audio_synth import chat_body
-from waiting import wait_until
+
+from tests.support.audio_synth import chat_body
+from tests.support.waiting import wait_until
 
 M = "fake-model"
 

@@ -9,11 +9,11 @@ from contextlib import ExitStack
 import httpx
 import openai
 import pytest
-from audio_synth import chat_body, encode, tone
-from fakes import FakeEngine, serve
-from waiting import wait_until
 
 from server.relay.upstream import openai_error_body
+from tests.support.audio_synth import chat_body, encode, tone
+from tests.support.fakes import FakeEngine, serve
+from tests.support.waiting import wait_until
 
 M = "fake-model"
 LEAKY = json.dumps(

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from audio_synth import audio_part, chat_body
-from fakes import serve
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from server.api.app import create_app
 from server.config import load_settings
 from server.relay.usage import audio_seconds_field, with_audio_seconds
+from tests.support.audio_synth import audio_part, chat_body
+from tests.support.fakes import serve
 
 USAGE = {"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}
 

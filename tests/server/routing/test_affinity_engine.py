@@ -19,12 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 import soundfile as sf
-from audio_synth import speechlike
-from fakes import serve
 
 from server.api.app import create_app
 from server.config import load_settings
-from tests.engine import EngineProcess, start_engine
+from tests.support.audio_synth import speechlike
+from tests.support.engine import EngineProcess, start_engine
+from tests.support.fakes import serve
+
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
 
 CLIP_SECONDS = 60.0
 AUDIO_TOKENS = 300

@@ -11,14 +11,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from audio_synth import audio_part, chat_body, encode, tone
 from prometheus_client import generate_latest
-from waiting import wait_until
 
 from server.config import load_settings
 from server.errors import Overloaded
 from server.metrics import Metrics
 from server.routing.backlog import DRAIN_WINDOW_S, MAX_RETRY_AFTER_S, NO_TICKET, Backlog
+from tests.support.audio_synth import audio_part, chat_body, encode, tone
+from tests.support.waiting import wait_until
 
 M = "m"
 

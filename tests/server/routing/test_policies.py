@@ -1,4 +1,4 @@
-"""Routing policies (server/routing/policies.py) as pure functions, and through the pool against scriptable fake
+"""Routing policies (server/routing/policies/) as pure functions, and through the pool against scriptable fake
 engines."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ import asyncio
 
 import httpx
 import pytest
-from audio_synth import audio_part, chat_body
 from prometheus_client import generate_latest
 from pydantic import ValidationError
-from test_routing import make_pool
 
 from server.config import load_settings
 from server.errors import Overloaded
 from server.routing.policies import Affinity, Candidate, LeastRequest, LeastWork, make_policy, rendezvous_order
 from server.work import RequestWork
+from tests.server.routing.test_routing import make_pool
+from tests.support.audio_synth import audio_part, chat_body
 
 URLS = [f"http://engine-{i}:8000" for i in range(5)]
 

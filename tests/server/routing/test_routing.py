@@ -6,7 +6,6 @@ import asyncio
 import socket
 
 import pytest
-from fakes import serve
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import generate_latest
@@ -16,6 +15,7 @@ from server.errors import ModelNotFound, NoHealthyEngine, Overloaded
 from server.metrics import Metrics
 from server.relay.upstream import engine_session
 from server.routing.pool import EnginePool
+from tests.support.fakes import serve
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ async def test_dns_discovery_adds_replicas_and_drops_vanished_ones_with_their_se
 
 
 async def _settled(pool: EnginePool) -> None:
-    await asyncio.gather(*list(pool._probes.values()))
+    await asyncio.gather(*list(pool.health.probes.values()))
 
 
 async def test_suspect_keeps_a_models_last_engine_until_its_probe_fails(start_fake, session) -> None:
@@ -192,7 +192,7 @@ async def test_suspect_keeps_a_models_last_engine_until_its_probe_fails(start_fa
     engine = pool.engines[url]
     pool.suspect(engine, "test")
     pool.suspect(engine, "test again")  # one probe at a time
-    assert engine.healthy and len(pool._probes) == 1
+    assert engine.healthy and len(pool.health.probes) == 1
     await _settled(pool)
     assert engine.healthy and fake.health_checks == 2  # the probe passed: still in rotation
     fake.healthy = False
@@ -214,7 +214,7 @@ async def test_suspect_ejects_at_once_only_when_another_engine_serves_every_mode
     await _settled(pool)
     a.models = frozenset({"m1"})
     pool.suspect(a, "test")
-    assert not a.healthy and not pool._probes and (await pool.acquire("m1")) is b  # routed around at once
+    assert not a.healthy and not pool.health.probes and (await pool.acquire("m1")) is b  # routed around at once
     await pool.check_all()
     assert a.healthy  # the next health round re-admits it
 

@@ -10,14 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from prometheus_client import generate_latest
-from waiting import wait_until
 
 from server.config import DEFAULT_MAX_NUM_SEQS, load_settings
 from server.errors import Overloaded
 from server.metrics import Metrics
 from server.relay.upstream import engine_session
-from server.routing.load import EngineLoad, MetricsTooLarge, Report, read_report
+from server.routing.load import EngineLoad, Report
+from server.routing.load_reports import MetricsTooLarge, read_report
 from server.routing.pool import EnginePool
+from tests.support.waiting import wait_until
 
 VLLM_METRICS = b"""\
 # HELP python_gc_objects_collected_total Objects collected during gc

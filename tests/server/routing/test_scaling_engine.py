@@ -16,11 +16,13 @@ import httpx
 import pytest
 import yaml
 
-from server.routing.load import read_report
-from tests.engine import EngineProcess, start_engine
+from server.routing.load_reports import read_report
+from tests.support.engine import EngineProcess, start_engine
+
+pytestmark = pytest.mark.engine  # a real vLLM engine (the fast loop deselects it)
 
 MAX_NUM_SEQS, ENGINE_MAX_WAITING, GATEWAY_QUEUE = 4, 8, 4
-HPA = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "engine-hpa.yaml"
+HPA = Path(__file__).resolve().parents[3] / "deploy" / "k8s" / "engine-hpa.yaml"
 
 
 def hpa_target() -> float:

@@ -1,6 +1,6 @@
 """Structured-output specs at the gateway's limits and just past them (server/guards/structured.py), as request-body
 fragments. The worst allowed ones are what an engine may be asked to compile; bench/structured_compile.py times them
-with xgrammar and tests/server/test_structured_output_engine.py sends them to a real engine."""
+with xgrammar and tests/server/guards/test_structured_output_engine.py sends them to a real engine."""
 
 from __future__ import annotations
 
