@@ -37,6 +37,16 @@ class InvalidAudio(InvalidRequest):
     code = "invalid_audio"
 
 
+class AudioTooLong(InvalidAudio):
+    """A clip past a length limit; it carries how long the clip is (as far as it was decoded)."""
+
+    code = "audio_too_long"
+
+    def __init__(self, message: str, *, seconds: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.seconds = seconds
+
+
 class PayloadTooLarge(InvalidRequest):
     status, code = 413, "payload_too_large"
 

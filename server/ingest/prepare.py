@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from server.config import Settings
-from server.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
+from server.errors import AudioTooLong, InvalidAudio, InvalidRequest, PayloadTooLarge
 from server.families.facts import ModelFacts
 from server.guards.fields import AudioPart, audio_parts, check_request_fields, quoted, validation_error
 from server.guards.json_tree import check_root, check_value_count, loads
@@ -245,23 +245,18 @@ def clip_limits(settings: Settings, facts: ModelFacts) -> AudioLimits:
     return dataclasses.replace(limits, max_seconds=window, max_source_samples=limits.source_sample_budget)
 
 
-_SECONDS = re.compile(r"\(([0-9.]+) s\)$")
-
-
 def _decode(ref: AudioRef, limits: AudioLimits, settings: Settings, model: str) -> Clip:
     try:
         return decode_audio(ref.raw or b"", limits, ref.param, ref.format)
-    except InvalidAudio as exc:
-        if exc.code != "audio_too_long" or limits.max_seconds >= settings.max_audio_seconds:
+    except AudioTooLong as exc:
+        if limits.max_seconds >= settings.max_audio_seconds:
             raise
-        found = _SECONDS.search(exc.message)
-        length = f" ({found.group(1)} s)" if found else ""
-        raise InvalidAudio(
+        raise AudioTooLong(
             f"audio is longer than one audio item of model {quoted(model)} can hold: at most "
-            f"{limits.max_seconds:g} s per clip{length}. Send shorter clips, or split the audio into consecutive "
-            "clips of at most that length",
+            f"{limits.max_seconds:g} s per clip ({exc.seconds:.1f} s). Send shorter clips, or split the audio into "
+            "consecutive clips of at most that length",
+            seconds=exc.seconds,
             param=ref.param,
-            code="audio_too_long",
         ) from None
 
 

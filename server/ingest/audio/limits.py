@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.errors import InvalidAudio
+from server.errors import AudioTooLong, InvalidAudio
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -120,7 +120,7 @@ def check_length(frames: int, samples: int, rate: int, limits: AudioLimits, para
         )
 
 
-def too_long(seconds: float, limits: AudioLimits, param: str) -> InvalidAudio:
-    return InvalidAudio(
-        f"audio is longer than the {limits.max_seconds:g} s limit ({seconds:.1f} s)", param=param, code="audio_too_long"
+def too_long(seconds: float, limits: AudioLimits, param: str) -> AudioTooLong:
+    return AudioTooLong(
+        f"audio is longer than the {limits.max_seconds:g} s limit ({seconds:.1f} s)", seconds=seconds, param=param
     )
