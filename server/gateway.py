@@ -20,8 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive
 
 from server.config import Settings
-from server.errors import ModelNotFound, UpstreamError
-from server.guards.fields import quoted
+from server.errors import UpstreamError
 from server.ingest.fetch import fetch_audio_url
 from server.ingest.prepare import ChatJob, finish_chat, parse_chat, transcription_job
 from server.ingest.shared_audio import SharedAudioDir
@@ -33,7 +32,7 @@ from server.relay.resume import Resume, resume_plan
 from server.relay.upstream import Upstream, UpstreamReply
 from server.relay.usage import audio_seconds_field, with_audio_seconds
 from server.routing.backlog import NO_TICKET, Backlog, Ticket
-from server.routing.pool import EnginePool
+from server.routing.pool import EnginePool, check_served
 
 T = TypeVar("T")
 log = logging.getLogger("server.gateway")
@@ -207,14 +206,6 @@ def _closing(ticket: Ticket, files: list[Path]) -> Callable[[], None]:
         SharedAudioDir.remove(files)
 
     return close
-
-
-def check_served(model: str, known: frozenset[str]) -> None:
-    """404 for a model no engine serves (``known``: ``EnginePool.known_models``), before any audio is decoded.
-    While no engine's models are known yet (all down since start) the request goes on, and the pool answers
-    503 as ``EnginePool.acquire`` decides."""
-    if known and model not in known:
-        raise ModelNotFound(f"The model {quoted(model)} does not exist", param="model")
 
 
 def _planned(job: ChatJob, known: frozenset[str], failover: bool) -> Resume | None:

@@ -141,9 +141,8 @@ class EnginePool:
                     e for e in self.engines.values() if e.healthy and model in e.models and e.url not in exclude
                 ]
                 if not candidates:
-                    if any(model in e.models for e in self.engines.values()) or not self._any_models_known():
-                        raise NoHealthyEngine(f"no healthy engine is serving model {quoted(model)}")
-                    raise ModelNotFound(f"The model {quoted(model)} does not exist", param="model")
+                    check_served(model, self.known_models())
+                    raise NoHealthyEngine(f"no healthy engine is serving model {quoted(model)}")
                 loads = [self.load(e) for e in candidates]
                 if any(load < e.capacity for e, load in zip(candidates, loads, strict=True)):
                     return self._take(candidates, loads, work, retry=bool(exclude))
@@ -180,5 +179,10 @@ class EnginePool:
         self._ledger.finish(engine, work, prefilled)
         self._queue.notify()
 
-    def _any_models_known(self) -> bool:
-        return any(e.models for e in self.engines.values())
+
+def check_served(model: str, known: frozenset[str]) -> None:
+    """404 for a model no engine has served (``known``: ``EnginePool.known_models``, or a snapshot of it taken for
+    the ingest thread, so the gateway can refuse before any audio is decoded). While no engine's models are known
+    yet (all down since start) it passes: the pool then answers 503."""
+    if known and model not in known:
+        raise ModelNotFound(f"The model {quoted(model)} does not exist", param="model")
