@@ -174,7 +174,8 @@ def test_a_generation_finished_before_the_engine_died_is_not_resumed(stack: Exit
 
 
 def test_a_generation_at_its_token_limit_is_closed_not_resumed(stack: ExitStack) -> None:
-    a = FakeEngine(mode="raw", raw_chunks=script(A_ID, A_CREATED, ["x", "y", "z"]), die_after=3)
+    # A pause after each chunk: an engine that "dies" right after a write may lose that write with the connection.
+    a = FakeEngine(mode="raw", raw_chunks=script(A_ID, A_CREATED, ["x", "y", "z"]), die_after=3, event_delay_s=0.05)
     b = FakeEngine(mode="raw", raw_chunks=script(B_ID, B_CREATED, ["y"]))
     gw = gateway(stack, [start(stack, a), start(stack, b)])
     create = sdk(gw).chat.completions.create
